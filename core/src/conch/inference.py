@@ -1,0 +1,155 @@
+"""The protocol-neutral request and response that travel from a frontend to a backend and back."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from typing import Any, AsyncIterator
+
+import numpy as np
+
+from conch.errors import ConchError, ErrorCode
+
+
+@dataclass(slots=True)
+class Tensor:
+    """A named tensor: a numpy array plus its protocol datatype (BF16 arrays hold uint16 bits)."""
+
+    name: str
+    datatype: str
+    data: np.ndarray
+    parameters: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def shape(self) -> list[int]:
+        return list(self.data.shape)
+
+
+@dataclass(slots=True)
+class InferInput:
+    """An input as the frontend decoded it.
+
+    ``data`` is a numpy array (from JSON or typed gRPC contents) or still raw bytes (binary extension,
+    ``raw_input_contents``); validation turns raw bytes into a zero-copy numpy view.
+    """
+
+    name: str
+    datatype: str
+    shape: list[int]
+    data: np.ndarray | bytes | memoryview | None = None
+    parameters: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class RequestedOutput:
+    name: str
+    parameters: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class InferenceResponse:
+    """One response: output tensors or an error. ``final`` marks the last response of a request."""
+
+    model_name: str = ""
+    model_version: str = ""
+    id: str = ""
+    outputs: list[Tensor] = field(default_factory=list)
+    parameters: dict[str, Any] = field(default_factory=dict)
+    error: ConchError | None = None
+    final: bool = True
+
+
+class ResponseStream:
+    """Where a request's responses go; safe to call ``send`` from any thread.
+
+    The frontend awaits ``next()`` (unary) or iterates (streaming); the scheduler or backend sends.
+    """
+
+    __slots__ = ("_loop", "_queue", "done", "cancelled")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        self._loop = loop or asyncio.get_running_loop()
+        self._queue: asyncio.Queue[InferenceResponse] = asyncio.Queue()
+        self.done = False
+        self.cancelled = False
+
+    def send(self, response: InferenceResponse) -> None:
+        """Deliver a response; after one with ``final`` set, further sends are ignored."""
+        if self.done:
+            return
+        if response.final:
+            self.done = True
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is self._loop:
+            self._queue.put_nowait(response)
+        else:
+            self._loop.call_soon_threadsafe(self._queue.put_nowait, response)
+
+    def fail(self, error: ConchError) -> None:
+        self.send(InferenceResponse(error=error, final=True))
+
+    async def next(self) -> InferenceResponse:
+        return await self._queue.get()
+
+    async def __aiter__(self) -> AsyncIterator[InferenceResponse]:
+        while True:
+            response = await self._queue.get()
+            yield response
+            if response.final:
+                return
+
+
+@dataclass(slots=True, eq=False)
+class InferenceRequest:
+    """A request after decoding; after validation every input's ``data`` is a numpy array."""
+
+    model_name: str
+    model_version: int = -1  # -1: the version policy picks the latest ready version
+    id: str = ""
+    inputs: dict[str, InferInput] = field(default_factory=dict)
+    outputs: list[RequestedOutput] = field(default_factory=list)
+    parameters: dict[str, Any] = field(default_factory=dict)
+    # Filled in by validation and scheduling.
+    batch_size: int = 0
+    version_label: str = ""  # the version that serves it, as the response reports it
+    arrival_ns: int = field(default_factory=time.monotonic_ns)
+    stream: ResponseStream | None = None
+
+    @property
+    def log_prefix(self) -> str:
+        """Triton's prefix for request errors: ``[request id: <id>] ``."""
+        return f"[request id: {self.id or '<id_unknown>'}] "
+
+    def add_input(self, tensor: InferInput) -> None:
+        if tensor.name in self.inputs:
+            raise ConchError(f"{self.log_prefix}input '{tensor.name}' already exists in request", ErrorCode.INVALID_ARG)
+        self.inputs[tensor.name] = tensor
+
+    def add_output(self, output: RequestedOutput) -> None:
+        if any(existing.name == output.name for existing in self.outputs):
+            raise ConchError(f"{self.log_prefix}output '{output.name}' already exists in request", ErrorCode.INVALID_ARG)
+        self.outputs.append(output)
+
+    def input_array(self, name: str) -> np.ndarray:
+        data = self.inputs[name].data
+        assert isinstance(data, np.ndarray), "request not validated"
+        return data
+
+    def requested_output_names(self) -> list[str]:
+        return [output.name for output in self.outputs]
+
+    def respond(self, response: InferenceResponse) -> None:
+        """Send a response for this request, filling in model name, version and id."""
+        if self.stream is None:
+            raise RuntimeError("request has no response stream")
+        response.model_name = response.model_name or self.model_name
+        response.model_version = response.model_version or self.version_label
+        response.id = self.id
+        self.stream.send(response)
+
+    def fail(self, message: str, code: ErrorCode = ErrorCode.INTERNAL) -> None:
+        self.respond(InferenceResponse(error=ConchError(message, code), final=True))
