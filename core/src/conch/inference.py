@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Callable
 
 import numpy as np
 
@@ -66,13 +66,14 @@ class ResponseStream:
     The frontend awaits ``next()`` (unary) or iterates (streaming); the scheduler or backend sends.
     """
 
-    __slots__ = ("_loop", "_queue", "done", "cancelled")
+    __slots__ = ("_loop", "_queue", "done", "cancelled", "on_done")
 
     def __init__(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
         self._loop = loop or asyncio.get_running_loop()
         self._queue: asyncio.Queue[InferenceResponse] = asyncio.Queue()
         self.done = False
         self.cancelled = False
+        self.on_done: Callable[[], None] | None = None  # called on the loop after the final response
 
     def send(self, response: InferenceResponse) -> None:
         """Deliver a response; after one with ``final`` set, further sends are ignored."""
@@ -85,9 +86,14 @@ class ResponseStream:
         except RuntimeError:
             running = None
         if running is self._loop:
-            self._queue.put_nowait(response)
+            self._deliver(response)
         else:
-            self._loop.call_soon_threadsafe(self._queue.put_nowait, response)
+            self._loop.call_soon_threadsafe(self._deliver, response)
+
+    def _deliver(self, response: InferenceResponse) -> None:
+        self._queue.put_nowait(response)
+        if response.final and self.on_done is not None:
+            self.on_done()
 
     def fail(self, error: ConchError) -> None:
         self.send(InferenceResponse(error=error, final=True))

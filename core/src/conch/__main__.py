@@ -1,0 +1,7 @@
+"""``python -m conch`` is the ``conch`` command."""
+
+import sys
+
+from conch.cli import main
+
+sys.exit(main())

@@ -1,0 +1,126 @@
+"""Runs batches on one model instance: on its own thread, or awaited for async instances."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable
+
+import numpy as np
+
+from conch.backend import Backend, Batching, InstanceContext, ModelInstance
+from conch.errors import ConchError, ErrorCode
+from conch.inference import InferenceRequest, InferenceResponse, Tensor
+from conch.tensors import config_to_protocol
+
+log = logging.getLogger("conch.scheduling")
+
+
+class InstanceRunner:
+    """One instance of a model version and the thread it executes on."""
+
+    def __init__(self, backend: Backend, context: InstanceContext) -> None:
+        self.backend = backend
+        self.context = context
+        self.name = context.name
+        self.instance: ModelInstance | None = None
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"conch-{context.name}")
+        self._output_types = {o.name: config_to_protocol(o.data_type) for o in context.model.config.output}
+        self._is_async = False
+        self._concatenate = backend.batching is Batching.CONCATENATE
+        self.busy = False
+
+    async def create(self) -> None:
+        """Create the backend instance on the instance's own thread."""
+        loop = asyncio.get_running_loop()
+        self.instance = await loop.run_in_executor(self._executor, self.backend.create_instance, self.context)
+        method: Callable[..., object] = (
+            self.instance.execute_batch if self._concatenate else self.instance.execute
+        )
+        self._is_async = inspect.iscoroutinefunction(method)
+
+    def is_ready(self) -> bool:
+        return self.instance is not None and self.instance.is_ready()
+
+    async def run(self, requests: list[InferenceRequest]) -> None:
+        """Execute a batch and deliver every request's response (errors included)."""
+        assert self.instance is not None
+        self.busy = True
+        try:
+            if self._concatenate:
+                await self._run_concatenated(requests)
+            else:
+                await self._run_requests(requests)
+        except ConchError as exc:
+            for request in requests:
+                request.respond(InferenceResponse(error=exc))
+        except Exception as exc:  # noqa: BLE001 - a backend failure fails its batch, never the server
+            log.exception("model instance '%s' failed to execute", self.name)
+            error = ConchError(str(exc) or type(exc).__name__, ErrorCode.INTERNAL)
+            for request in requests:
+                request.respond(InferenceResponse(error=error))
+        finally:
+            self.busy = False
+
+    async def _call(self, function: Callable[..., object], *args: object) -> object:
+        if self._is_async:
+            return await function(*args)  # type: ignore[misc]
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, function, *args)
+
+    async def _run_requests(self, requests: list[InferenceRequest]) -> None:
+        assert self.instance is not None
+        responses = await self._call(self.instance.execute, requests)
+        if responses is None:
+            return  # the backend responds through request.respond (decoupled)
+        if not isinstance(responses, list) or len(responses) != len(requests):
+            got = len(responses) if isinstance(responses, list) else type(responses).__name__
+            raise ConchError(
+                f"model instance '{self.name}' returned {got} responses for {len(requests)} requests",
+                ErrorCode.INTERNAL,
+            )
+        for request, response in zip(requests, responses):
+            request.respond(response)
+
+    async def _run_concatenated(self, requests: list[InferenceRequest]) -> None:
+        assert self.instance is not None
+        if len(requests) == 1:
+            inputs = {name: request_input for name, request_input in _arrays(requests[0]).items()}
+        else:
+            names = requests[0].inputs.keys()
+            inputs = {name: np.concatenate([r.input_array(name) for r in requests], axis=0) for name in names}
+        wanted: list[str] = []
+        for request in requests:
+            for name in request.requested_output_names():
+                if name not in wanted:
+                    wanted.append(name)
+        outputs = await self._call(self.instance.execute_batch, inputs, wanted)
+        assert isinstance(outputs, dict)
+        offset = 0
+        for request in requests:
+            rows = max(request.batch_size, 1)
+            batched = request.batch_size > 0
+            tensors = []
+            for name in request.requested_output_names():
+                array = outputs[name]
+                part = array[offset : offset + rows] if batched else array
+                tensors.append(Tensor(name, self._output_types.get(name, "FP32"), part))
+            offset += rows
+            request.respond(InferenceResponse(outputs=tensors))
+
+    async def unload(self) -> None:
+        """Release the instance on its own thread, then end the thread."""
+        instance, self.instance = self.instance, None
+        if instance is not None:
+            loop = asyncio.get_running_loop()
+            try:
+                await loop.run_in_executor(self._executor, instance.unload)
+            except Exception:  # noqa: BLE001
+                log.exception("model instance '%s' failed to unload", self.name)
+        self._executor.shutdown(wait=False)
+
+
+def _arrays(request: InferenceRequest) -> dict[str, np.ndarray]:
+    return {name: request.input_array(name) for name in request.inputs}

@@ -1,0 +1,201 @@
+"""Wires the repository, plugins, model manager and frontends; start-up, serving and drain."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from conch.models import ManagerOptions, ModelManager
+from conch.plugins import Plugins
+from conch.repository import Repository
+from conch.service import InferenceService
+
+log = logging.getLogger("conch.server")
+
+
+@dataclass
+class ServerOptions:
+    """What ``conch serve`` was asked for (tritonserver's flags, by their names)."""
+
+    model_repositories: list[Path] = field(default_factory=list)
+    server_id: str = "conch"
+    allow_http: bool = True
+    http_address: str = "0.0.0.0"
+    http_port: int = 8000
+    http_max_input_size: int = 1 << 26
+    allow_grpc: bool = True
+    grpc_address: str = "0.0.0.0"
+    grpc_port: int = 8001
+    exit_on_error: bool = True
+    strict_readiness: bool = True
+    exit_timeout_secs: int = 30
+    manager: ManagerOptions = field(default_factory=ManagerOptions)
+    blocked_plugins: set[str] = field(default_factory=set)
+
+
+class StartupError(Exception):
+    """Start-up failed; the message is what Triton would log before exiting non-zero."""
+
+
+class Server:
+    """One Conch server: ``await Server(options).run()`` serves until SIGINT/SIGTERM."""
+
+    def __init__(self, options: ServerOptions) -> None:
+        self.options = options
+        self.plugins = Plugins(blocked=options.blocked_plugins)
+        self.models: ModelManager | None = None
+        self.service: InferenceService | None = None
+        self._stop = asyncio.Event()
+        self._http: Any = None
+        self._http_sockets: list[socket.socket] = []
+        self._http_loop_task: asyncio.Task[None] | None = None
+        self._grpc: Any = None
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    async def run(self) -> int:
+        """Serve until asked to stop; returns the process exit code."""
+        try:
+            await self.start()
+        except StartupError as exc:
+            log.error("%s", exc)
+            await self.stop(drain=False)
+            return 1
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(signum, self._on_signal, signum)
+        await self._stop.wait()
+        await self.stop(drain=True)
+        return 0
+
+    def _on_signal(self, signum: int) -> None:
+        log.info("Signal (%d) received.", signum)
+        self._stop.set()
+
+    async def start(self) -> None:
+        """Load plugins and models, start the frontends; raises StartupError."""
+        opts = self.options
+        self.plugins.load()
+        for backend in self.plugins.backends().values():
+            settings = dict(opts.manager.backend_settings.get("", {}))
+            settings.update(opts.manager.backend_settings.get(backend.name, {}))
+            self.plugins.hook.conch_configure_backend(backend=backend, settings=settings)
+        for root in opts.model_repositories:
+            if not root.is_dir():
+                raise StartupError(f"failed to stat file {root}: model repository path does not exist")
+        repository = Repository(list(opts.model_repositories))
+        self.models = ModelManager(repository, self.plugins, opts.manager)
+        self.service = InferenceService(
+            self.models, self.plugins, server_id=opts.server_id, strict_readiness=opts.strict_readiness
+        )
+        # Frontends listen before models load: probes see "live, not ready" instead of a refused port.
+        await self._start_frontends()
+        await self.models.load_startup_models()
+        self._print_model_table()
+        failed = [row for row in self.models.index() if row.get("state") != "READY" and row.get("reason") != "unloaded"]
+        if failed and opts.exit_on_error and opts.manager.control_mode == "none":
+            raise StartupError("failed to load all models")
+        self.plugins.hook.conch_server_started(server=self)
+
+    async def _start_frontends(self) -> None:
+        opts = self.options
+        assert self.service is not None
+        if opts.allow_grpc:
+            from conch.frontends.grpc.server import start_grpc_server
+
+            try:
+                self._grpc = await start_grpc_server(self.service, opts.grpc_address, opts.grpc_port)
+            except OSError as exc:
+                raise StartupError(f"failed to start GRPC service: Unavailable - {exc}") from None
+            log.info("Started GRPCInferenceService at %s:%d", opts.grpc_address, opts.grpc_port)
+        if opts.allow_http:
+            await self._start_http()
+            log.info("Started HTTPService at %s:%d", opts.http_address, opts.http_port)
+
+    async def _start_http(self) -> None:
+        import uvicorn
+
+        from conch.frontends.http import create_app
+
+        opts = self.options
+        assert self.service is not None
+        sock = _bind(opts.http_address, opts.http_port, "HTTP")
+        self._http_sockets = [sock]
+        app = create_app(self.service, max_input_size=opts.http_max_input_size)
+        config = uvicorn.Config(
+            app,
+            lifespan="off",
+            log_config=None,
+            access_log=False,
+            timeout_graceful_shutdown=opts.exit_timeout_secs,
+            timeout_keep_alive=75,
+            h11_max_incomplete_event_size=1 << 20,
+        )
+        config.load()
+        self._http = uvicorn.Server(config)
+        self._http.lifespan = config.lifespan_class(config)
+        await self._http.startup(sockets=self._http_sockets)
+        self._http_loop_task = asyncio.create_task(self._http.main_loop())
+
+    def _print_model_table(self) -> None:
+        assert self.models is not None
+        rows = self.models.table()
+        headers = ("Model", "Version", "Status")
+        widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(headers)]
+        rule = "+" + "+".join("-" * (w + 2) for w in widths) + "+"
+
+        def line(cells: tuple[str, ...]) -> str:
+            return "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"
+
+        table = [rule, line(headers), rule, *(line(r) for r in rows), rule]
+        log.info("\n%s", "\n".join(table))
+
+    async def stop(self, drain: bool = True) -> None:
+        """Stop accepting, finish in-flight requests (up to --exit-timeout-secs), unload, close."""
+        timeout = self.options.exit_timeout_secs
+        if self.service is not None:
+            with contextlib.suppress(Exception):
+                self.plugins.hook.conch_server_stopping(server=self)
+            if drain and self.service.inflight:
+                log.info("Waiting for in-flight requests to complete.")
+            completed = await self.service.drain(timeout if drain else 0)
+            if not completed:
+                log.warning("Timeout %ds: %d in-flight requests not completed", timeout, self.service.inflight)
+        if self._http is not None:
+            self._http.should_exit = True
+            if self._http_loop_task is not None:
+                await self._http_loop_task
+            await self._http.shutdown(sockets=self._http_sockets)
+            self._http = None
+        if self._grpc is not None:
+            await self._grpc.stop(grace=1.0)
+            self._grpc = None
+        if self.models is not None:
+            await self.models.unload_all()
+            log.info("All models are stopped, unloading models")
+
+
+def _bind(address: str, port: int, what: str) -> socket.socket:
+    """Bind a listening socket; a port in use is Triton's start-up error."""
+    host = address[len("ipv6:") :].strip("[]") if address.startswith("ipv6:") else address
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise StartupError(
+            f"failed to start {what} service: Unavailable - Socket '{address}:{port}' already in use"
+        ) from None
+    sock.listen(2048)
+    sock.setblocking(False)
+    return sock

@@ -1,0 +1,151 @@
+"""The protocol-neutral server API that both frontends call (Triton's TRITONSERVER_Server surface).
+
+Frontends decode the wire format into :class:`~conch.inference.InferenceRequest`, call this, and
+encode what comes back; everything protocol-independent (model lookup, readiness, validation,
+scheduling) lives behind it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Any
+
+from conch import __version__
+from conch.errors import ConchError, ErrorCode
+from conch.inference import InferenceRequest, InferenceResponse, ResponseStream
+
+if TYPE_CHECKING:
+    from conch._proto.model_config_pb2 import ModelConfig
+    from conch.models import ModelManager, ModelVersion
+    from conch.plugins import Plugins
+
+#: Protocol extensions Conch really implements, in the order Triton lists them.
+EXTENSIONS = [
+    "model_configuration",
+    "binary_tensor_data",
+    "parameters",
+]
+
+
+def parse_version(text: str | int | None) -> int:
+    """A requested version: "" or None means "let the policy pick" (-1)."""
+    if text is None or text == "":
+        return -1
+    if isinstance(text, int):
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        raise ConchError(f"failed to parse version '{text}'", ErrorCode.INVALID_ARG) from None
+    return value
+
+
+class InferenceService:
+    """What the frontends may ask of the server."""
+
+    def __init__(
+        self,
+        models: ModelManager,
+        plugins: Plugins,
+        server_id: str = "conch",
+        strict_readiness: bool = True,
+    ) -> None:
+        self.models = models
+        self.plugins = plugins
+        self.server_id = server_id
+        self.strict_readiness = strict_readiness
+        self.live = True
+        self.accepting = True  # false once shutdown begins
+        self.inflight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    # -- health and metadata -------------------------------------------------------------------
+
+    def is_live(self) -> bool:
+        return self.live
+
+    def is_ready(self) -> bool:
+        """Ready to serve: accepting, and with strict readiness every loaded model ready."""
+        if not (self.live and self.accepting):
+            return False
+        return self.models.all_ready() if self.strict_readiness else True
+
+    def metadata(self) -> dict[str, Any]:
+        return {"name": self.server_id, "version": __version__, "extensions": list(EXTENSIONS)}
+
+    # -- models ----------------------------------------------------------------------------------
+
+    def model(self, name: str, version: str | int | None = "") -> ModelVersion:
+        """The model version a request names; raises Triton's ``Request for unknown model`` errors."""
+        return self.models.get(name, parse_version(version))
+
+    def model_ready(self, name: str, version: str | int | None = "") -> bool:
+        """Whether a model version is ready; False (not an error) for unknown models and versions."""
+        try:
+            return self.models.get(name, parse_version(version), require_ready=False).is_ready()
+        except ConchError:
+            return False
+
+    def model_metadata(self, name: str, version: str | int | None = "") -> dict[str, Any]:
+        """``{"name","versions","platform","inputs","outputs"}`` as Triton's model metadata."""
+        return self.model(name, version).metadata()
+
+    def model_config(self, name: str, version: str | int | None = "") -> ModelConfig:
+        return self.model(name, version).config
+
+    def repository_index(self, ready_only: bool = False) -> list[dict[str, str]]:
+        return self.models.index(ready_only)
+
+    async def load_model(self, name: str, parameters: dict[str, Any] | None = None) -> None:
+        await self.models.load_from_api(name, parameters or {})
+
+    async def unload_model(self, name: str, unload_dependents: bool = False) -> None:
+        await self.models.unload_from_api(name, unload_dependents)
+
+    # -- inference -------------------------------------------------------------------------------
+
+    def submit(self, request: InferenceRequest) -> ResponseStream:
+        """Validate and enqueue a request; its responses arrive on the returned stream.
+
+        Raises :class:`ConchError` for anything wrong with the request itself (unknown model,
+        validation); errors during execution arrive as error responses on the stream.
+        """
+        if not self.accepting:
+            raise ConchError("Server is shutting down, not accepting new requests", ErrorCode.UNAVAILABLE)
+        model = self.models.get(request.model_name, request.model_version)
+        stream = ResponseStream()
+        request.stream = stream
+        model.submit(request)
+        self._track(stream)
+        return stream
+
+    async def infer(self, request: InferenceRequest) -> InferenceResponse:
+        """Submit and wait for the (single, final) response; error responses are raised."""
+        stream = self.submit(request)
+        response = await stream.next()
+        if response.error is not None:
+            raise response.error
+        return response
+
+    def _track(self, stream: ResponseStream) -> None:
+        self.inflight += 1
+        self._idle.clear()
+        stream.on_done = self._untrack
+
+    def _untrack(self) -> None:
+        self.inflight -= 1
+        if self.inflight == 0:
+            self._idle.set()
+
+    async def drain(self, timeout: float) -> bool:
+        """Stop accepting and wait up to ``timeout`` seconds for in-flight requests; True if all done."""
+        self.accepting = False
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+            return True
+        except asyncio.TimeoutError:
+            return False
+
+    def plugin_list(self) -> list[dict[str, Any]]:
+        return self.plugins.describe()
