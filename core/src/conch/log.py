@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
@@ -13,9 +14,12 @@ _LEVEL_LETTER = {logging.DEBUG: "I", logging.INFO: "I", logging.WARNING: "W", lo
 class TritonFormatter(logging.Formatter):
     """``I1125 02:03:25.829575 3355 models.py:441] message`` (default) or ISO8601 lines."""
 
-    def __init__(self, iso8601: bool = False) -> None:
+    def __init__(self, iso8601: bool = False, escape: bool | None = None) -> None:
         super().__init__()
         self.iso8601 = iso8601
+        if escape is None:
+            escape = os.environ.get("TRITON_SERVER_ESCAPE_LOG_MESSAGES", "1") not in ("0", "false")
+        self.escape = escape
 
     def format(self, record: logging.LogRecord) -> str:
         letter = _LEVEL_LETTER.get(record.levelno, "I")
@@ -23,6 +27,9 @@ class TritonFormatter(logging.Formatter):
         message = record.getMessage()
         if record.exc_info:
             message = message + "\n" + self.formatException(record.exc_info)
+        if self.escape and not message.startswith("\n"):
+            # Triton quotes and JSON-escapes messages (tables, which start on a new line, excepted).
+            message = json.dumps(message, ensure_ascii=False)
         if self.iso8601:
             stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(record.created))
             return f"{stamp} {letter} {record.process} {where}] {message}"

@@ -340,7 +340,10 @@ class ModelManager:
                     model = entry.versions[version]
                     if ready_only and model.state is not ModelState.READY:
                         continue
-                    rows.append({"name": name, "version": model.label, "state": model.state.value, "reason": model.reason})
+                    row = {"name": name, "version": model.label, "state": model.state.value}
+                    if model.reason:
+                        row["reason"] = model.reason
+                    rows.append(row)
             elif not ready_only:
                 row = {"name": name}
                 if entry.state is not ModelState.UNKNOWN:

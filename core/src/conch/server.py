@@ -101,8 +101,10 @@ class Server:
         await self.models.load_startup_models()
         self._print_model_table()
         failed = [row for row in self.models.index() if row.get("state") != "READY" and row.get("reason") != "unloaded"]
-        if failed and opts.exit_on_error and opts.manager.control_mode == "none":
-            raise StartupError("failed to load all models")
+        if failed and opts.manager.control_mode == "none":
+            if opts.exit_on_error:
+                raise StartupError("failed to load all models")
+            log.error("Internal: failed to load all models")
         self.plugins.hook.conch_server_started(server=self)
 
     async def _start_frontends(self) -> None:

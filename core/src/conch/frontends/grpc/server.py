@@ -1,0 +1,174 @@
+"""Build, bind and start the grpc.aio server: the inference service, ``grpc.health.v1`` and reflection."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+from collections.abc import AsyncIterator, Sequence
+from typing import TYPE_CHECKING, Any
+
+import grpc
+from google.protobuf import descriptor_pool
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from conch._proto import POOL
+from conch.frontends.grpc.codec import MAX_MESSAGE_SIZE
+from conch.frontends.grpc.servicer import SERVICE_NAME, GRPCInferenceServicer, rpc_method_handlers
+
+if TYPE_CHECKING:
+    from conch.service import InferenceService
+
+log = logging.getLogger(__name__)
+
+HEALTH_SERVICE_NAME = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
+
+
+class GRPCBindError(OSError):
+    """The gRPC port could not be bound.
+
+    ``str()`` is Triton's text, trailing space included: ``Socket '0.0.0.0:8001' already in use `` (Triton
+    logs it as ``failed to start GRPC service: Unavailable - <text>``); ``errno`` is EADDRINUSE.
+    """
+
+    def __init__(self, address: str) -> None:
+        super().__init__(errno.EADDRINUSE, f"Socket '{address}' already in use ")
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
+class ReadinessHealthServicer(health_pb2_grpc.HealthServicer):
+    """``grpc.health.v1.Health`` answering from the server's readiness at the moment it is asked.
+
+    As in Triton, the service name in the request is not consulted: SERVING when the server is ready,
+    NOT_SERVING otherwise. ``Watch`` re-checks every ``poll_interval`` seconds and writes changes.
+    """
+
+    def __init__(self, service: InferenceService, poll_interval: float = 1.0) -> None:
+        self.service = service
+        self.poll_interval = poll_interval
+
+    def _status(self) -> int:
+        try:
+            ready = self.service.is_ready()
+        except Exception:  # noqa: BLE001 - a health check must answer
+            log.exception("readiness check failed")
+            return health_pb2.HealthCheckResponse.UNKNOWN
+        return health_pb2.HealthCheckResponse.SERVING if ready else health_pb2.HealthCheckResponse.NOT_SERVING
+
+    async def Check(self, request: health_pb2.HealthCheckRequest, context: Any) -> health_pb2.HealthCheckResponse:
+        return health_pb2.HealthCheckResponse(status=self._status())
+
+    async def Watch(
+        self, request: health_pb2.HealthCheckRequest, context: Any
+    ) -> AsyncIterator[health_pb2.HealthCheckResponse]:
+        last = None
+        while True:
+            status = self._status()
+            if status != last:
+                yield health_pb2.HealthCheckResponse(status=status)
+                last = status
+            await asyncio.sleep(self.poll_interval)
+
+
+class _Pools:
+    """Descriptor lookups in Conch's private pool first, then the default pool (health, reflection)."""
+
+    def __init__(self, *pools: descriptor_pool.DescriptorPool) -> None:
+        self._pools = pools
+
+    def _first(self, method: str, *args: Any) -> Any:
+        missing: Exception = KeyError(args[0] if args else method)
+        for pool in self._pools:
+            try:
+                return getattr(pool, method)(*args)
+            except KeyError as exc:
+                missing = exc
+        raise missing
+
+    def FindFileByName(self, name: str) -> Any:
+        return self._first("FindFileByName", name)
+
+    def FindFileContainingSymbol(self, symbol: str) -> Any:
+        return self._first("FindFileContainingSymbol", symbol)
+
+    def FindMessageTypeByName(self, name: str) -> Any:
+        return self._first("FindMessageTypeByName", name)
+
+    def FindExtensionByNumber(self, message: Any, number: int) -> Any:
+        return self._first("FindExtensionByNumber", message, number)
+
+    def FindAllExtensions(self, message: Any) -> Any:
+        return self._first("FindAllExtensions", message)
+
+
+def _host_port(address: str, port: int) -> str:
+    """What gRPC binds: IPv6 literals need brackets."""
+    if ":" in address and not address.startswith("["):
+        return f"[{address}]:{port}"
+    return f"{address}:{port}"
+
+
+async def start_grpc_server(
+    service: InferenceService,
+    address: str,
+    port: int,
+    *,
+    credentials: grpc.ServerCredentials | None = None,
+    reuse_port: bool = False,
+    options: Sequence[tuple[str, Any]] = (),
+    health: bool = True,
+    health_poll_interval: float = 1.0,
+    reflection_enabled: bool = True,
+) -> grpc.aio.Server:
+    """Start serving ``inference.GRPCInferenceService`` on ``address:port`` and return the started server.
+
+    :param service: what the RPCs call.
+    :param address: interface to bind, e.g. ``"0.0.0.0"`` (Triton's ``--grpc-address``).
+    :param port: port to bind (``--grpc-port``).
+    :param credentials: TLS credentials (``--grpc-use-ssl``); plain text when None.
+    :param reuse_port: allow several servers on one port (``--grpc-port-reuse``); off, a port in use is
+        an error even when the other holder is a gRPC server.
+    :param options: extra channel arguments (keepalive and the like), applied after the defaults.
+    :param health: serve ``grpc.health.v1.Health`` from ``service.is_ready()``.
+    :param health_poll_interval: seconds between readiness checks of a ``Health/Watch`` stream.
+    :param reflection_enabled: serve ``grpc.reflection.v1alpha.ServerReflection``.
+    :return: the started :class:`grpc.aio.Server`; stop it with ``await server.stop(grace)``.
+    :raises GRPCBindError: (an :class:`OSError`, ``errno`` EADDRINUSE) when the port cannot be bound.
+    """
+    server = grpc.aio.server(
+        options=[
+            ("grpc.max_send_message_length", MAX_MESSAGE_SIZE),
+            ("grpc.max_receive_message_length", MAX_MESSAGE_SIZE),
+            ("grpc.so_reuseport", 1 if reuse_port else 0),
+            *options,
+        ]
+    )
+    handlers = rpc_method_handlers(GRPCInferenceServicer(service))
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
+    server.add_registered_method_handlers(SERVICE_NAME, handlers)
+    names = [SERVICE_NAME]
+    if health:
+        health_pb2_grpc.add_HealthServicer_to_server(ReadinessHealthServicer(service, health_poll_interval), server)
+        names.append(HEALTH_SERVICE_NAME)
+    if reflection_enabled:
+        names.append(reflection.SERVICE_NAME)
+        reflection.enable_server_reflection(names, server, pool=_Pools(POOL, descriptor_pool.Default()))
+
+    display = f"{address}:{port}"
+    target = _host_port(address, port)
+    try:
+        if credentials is None:
+            bound = server.add_insecure_port(target)
+        else:
+            bound = server.add_secure_port(target, credentials)
+    except RuntimeError as exc:
+        log.debug("binding %s failed: %s", target, exc)
+        bound = 0
+    if bound == 0:
+        raise GRPCBindError(display)
+    await server.start()
+    log.info("Started GRPCInferenceService at %s", display if port else _host_port(address, bound))
+    return server

@@ -1,0 +1,398 @@
+"""The HTTP/REST frontend: Triton's routes, status codes and error bodies, as an ASGI app.
+
+Routing follows Triton's ``HTTPAPIServer::Handle``: the same regular expressions on the raw path, tried
+in the same order, with the method checked by each handler (so a known path with the wrong method is a
+405 and anything else a 404). Errors are always ``{"error": "<message>"}`` as ``application/json``, with
+the status of the error's code. Only successful inference responses are compressed, as in Triton.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import re
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote
+
+from starlette.datastructures import Headers
+from starlette.responses import Response
+from starlette.types import Message, Receive, Scope, Send
+
+from conch.errors import ConchError, ErrorCode
+from conch.frontends.http import codec, compression, jsonio
+
+if TYPE_CHECKING:
+    from conch.service import InferenceService
+
+log = logging.getLogger("conch.http")
+
+JSON = "application/json"
+OCTET_STREAM = "application/octet-stream"
+_INT64_MAX = (1 << 63) - 1
+
+# Triton's route expressions (http_server.cc), matched against the whole raw path.
+_MODEL = re.compile(
+    r"/v2/models/([^/]+)(?:/versions/([0-9]+))?(?:/(infer|generate|generate_stream|ready|config|stats|trace/setting))?"
+)
+_SERVER = re.compile(r"/v2(?:/health/(live|ready))?")
+_SYSTEM_SHM = re.compile(r"/v2/systemsharedmemory(?:/region/([^/]+))?/(status|register|unregister)")
+_CUDA_SHM = re.compile(r"/v2/cudasharedmemory(?:/region/([^/]+))?/(status|register|unregister)")
+_REPOSITORY = re.compile(r"/v2/repository(?:/([^/]+))?/(index|models/([^/]+)/(load|unload))")
+_TRACE = re.compile(r"/v2/trace/setting")
+
+#: Triton features Conch does not have yet, answered as a Triton built without them answers
+#: (statistics, tracing, logging: UNAVAILABLE, Triton's texts) or, where Triton has no such build,
+#: as UNSUPPORTED naming the feature.
+UNAVAILABLE_FEATURES = {
+    "statistics": ConchError("the server does not support model statistics", ErrorCode.UNAVAILABLE),
+    "trace": ConchError("the server does not support tracing", ErrorCode.UNAVAILABLE),
+    "logging": ConchError("the server does not support dynamic logging", ErrorCode.UNAVAILABLE),
+    "system_shared_memory": ConchError(
+        "system shared memory is not supported by this server yet", ErrorCode.UNSUPPORTED
+    ),
+    "cuda_shared_memory": ConchError("CUDA shared memory is not supported by this server yet", ErrorCode.UNSUPPORTED),
+    "generate": ConchError("generate is not supported by this server yet", ErrorCode.UNSUPPORTED),
+}
+
+
+class _MethodNotAllowed(Exception):
+    pass
+
+
+class _ClientGone(Exception):
+    pass
+
+
+class _BodyTooLarge(ConchError):
+    """Over ``--http-max-input-size``: answered, then the connection is closed (the rest is unread)."""
+
+
+def create_app(service: InferenceService, *, max_input_size: int = 1 << 26) -> HTTPApp:
+    """The ASGI app serving Triton's HTTP/REST protocol for ``service``.
+
+    ``max_input_size`` (``--http-max-input-size``) bounds a request body, before and after
+    decompression.
+    """
+    return HTTPApp(service, max_input_size=max_input_size)
+
+
+Handler = Callable[[Scope, Receive, Headers], Awaitable[Response]]
+
+
+class HTTPApp:
+    """ASGI application; see :func:`create_app`."""
+
+    def __init__(self, service: InferenceService, *, max_input_size: int = 1 << 26) -> None:
+        self.service = service
+        self.max_input_size = max_input_size
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            await self._http(scope, receive, send)
+        elif scope["type"] == "lifespan":
+            await _lifespan(receive, send)
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        headers = Headers(scope=scope)
+        try:
+            response = await self._route(scope, receive, headers)
+        except _MethodNotAllowed:
+            response = error_response("Method Not Allowed", 405)
+        except _BodyTooLarge as exc:
+            response = error_response(exc.message, exc.code.http_status, close=True)
+        except ConchError as exc:
+            response = error_response(exc.message, exc.code.http_status)
+        except _ClientGone:
+            return
+        except Exception as exc:  # never let a request take the server down
+            log.exception("HTTP %s %s failed", scope.get("method"), scope.get("path"))
+            response = error_response(str(exc) or type(exc).__name__, 500)
+        await response(scope, receive, send)
+
+    # -- routing ----------------------------------------------------------------------------------
+
+    async def _route(self, scope: Scope, receive: Receive, headers: Headers) -> Response:
+        path = _raw_path(scope)
+        method = scope["method"]
+        if path == "/v2/models/stats":
+            return self._feature(method, ("GET",), "statistics")
+        if path == "/v2/logging":
+            return self._feature(method, ("GET", "POST"), "logging")
+        match = _MODEL.fullmatch(path)
+        if match is not None:
+            name, version_text, kind = unquote(match[1]), match[2] or "", match[3] or ""
+            if kind == "infer":
+                _allow(method, "POST")
+                return await self._infer(scope, receive, headers, name, version_text)
+            if kind == "ready":
+                _allow(method, "GET")
+                ready = self.service.model_ready(name, _version(version_text))
+                if not ready:
+                    raise ConchError("Model version not ready", ErrorCode.INVALID_ARG)
+                return Response(status_code=200)
+            if kind == "config":
+                _allow(method, "GET")
+                return json_response(_config_json(self.service.model_config(name, _version(version_text))))
+            if kind == "":
+                _allow(method, "GET")
+                return json_response(self.service.model_metadata(name, _version(version_text)))
+            if kind in ("generate", "generate_stream"):
+                return self._feature(method, ("POST",), "generate")
+            if kind == "stats":
+                return self._feature(method, ("GET",), "statistics")
+            if kind == "trace/setting" and not version_text:
+                return self._feature(method, ("GET", "POST"), "trace")
+        if path == "/v2":
+            _allow(method, "GET")
+            return json_response(self.service.metadata())
+        match = _SERVER.fullmatch(path)
+        if match is not None:
+            _allow(method, "GET")
+            healthy = self.service.is_live() if match[1] == "live" else self.service.is_ready()
+            return Response(status_code=200 if healthy else 400)
+        for expression, feature in ((_SYSTEM_SHM, "system_shared_memory"), (_CUDA_SHM, "cuda_shared_memory")):
+            match = expression.fullmatch(path)
+            if match is not None:
+                return self._feature(method, ("GET",) if match[2] == "status" else ("POST",), feature)
+        match = _REPOSITORY.fullmatch(path)
+        if match is not None:
+            _allow(method, "POST")
+            if match[2] == "index":
+                return await self._repository_index(scope, receive, headers)
+            return await self._repository_control(
+                scope, receive, headers, unquote(match[1] or ""), unquote(match[3]), match[4]
+            )
+        if _TRACE.fullmatch(path):
+            return self._feature(method, ("GET", "POST"), "trace")
+        if path == "/conch/plugins":
+            _allow(method, "GET")
+            return json_response({"plugins": self.service.plugin_list()})
+        return error_response("Not Found", 404)
+
+    @staticmethod
+    def _feature(method: str, methods: tuple[str, ...], feature: str) -> Response:
+        if method not in methods:
+            raise _MethodNotAllowed
+        raise UNAVAILABLE_FEATURES[feature]
+
+    # -- inference -----------------------------------------------------------------------------------
+
+    async def _infer(self, scope: Scope, receive: Receive, headers: Headers, name: str, version_text: str) -> Response:
+        model = self.service.model(name, _version(version_text))
+        if model.decoupled:
+            raise ConchError(
+                "HTTP end point doesn't support models with decoupled transaction policy", ErrorCode.UNSUPPORTED
+            )
+        encoding = compression.request_encoding(headers.get("content-encoding"))
+        body = await self._read_body(receive, headers)
+        if encoding != compression.IDENTITY:
+            body = compression.decompress(body, self.max_input_size)
+        header_length = codec.parse_header_length(headers.get(codec.HEADER_LENGTH_HEADER), len(body))
+        if header_length == 0:
+            decoded = codec.decode_raw_request(body, model.name, model.version, model.config)
+        else:
+            decoded = codec.decode_infer_request(body, header_length, model.name, model.version)
+        response = await self.service.infer(decoded.request)
+        encoded = codec.encode_infer_response(
+            response,
+            decoded,
+            batching=model.config.max_batch_size > 0,
+            labels=getattr(model, "output_labels", None),
+        )
+        out_headers = {}
+        if encoded.has_binary:
+            out_headers[codec.HEADER_LENGTH_HEADER] = str(len(encoded.header))
+            content_type = OCTET_STREAM
+        else:
+            content_type = JSON
+        out_encoding = compression.response_encoding(headers.get("accept-encoding"))
+        if out_encoding != compression.IDENTITY:
+            content = compression.compress(encoded.body_parts(), out_encoding)
+            out_headers["Content-Encoding"] = out_encoding
+        else:
+            content = encoded.body()
+        return Response(content, media_type=content_type, headers=out_headers)
+
+    async def _read_body(self, receive: Receive, headers: Headers) -> bytes | bytearray:
+        """The whole request body, refused (the rest unread) once it passes ``max_input_size``.
+
+        A body that arrives in one message is used as it is; one in several is copied once, into a
+        buffer of the declared ``Content-Length`` (or joined at the end when chunked).
+        """
+        limit = self.max_input_size
+        declared = _content_length(headers)
+        if declared is not None and declared > limit:
+            raise _too_large(declared, limit)
+        chunks: list[bytes] = []
+        buffer: bytearray | None = None
+        total = 0
+        while True:
+            message: Message = await receive()
+            if message["type"] == "http.disconnect":
+                raise _ClientGone
+            chunk: bytes = message.get("body", b"")
+            more = message.get("more_body", False)
+            if chunk:
+                end = total + len(chunk)
+                if end > limit:
+                    raise _too_large(end, limit)
+                if total == 0 and not more:
+                    return chunk
+                if total == 0 and declared is not None and declared >= end:
+                    buffer = bytearray(declared)
+                if buffer is not None and end <= len(buffer):
+                    buffer[total:end] = chunk
+                else:
+                    if buffer is not None:  # more than declared: give up on the buffer
+                        chunks.append(bytes(buffer[:total]))
+                        buffer = None
+                    chunks.append(chunk)
+                total = end
+            if not more:
+                break
+        if buffer is not None:
+            return buffer if total == len(buffer) else buffer[:total]
+        return b"".join(chunks)
+
+    async def _read_json(self, receive: Receive, headers: Headers) -> Any:
+        """An optional JSON body (``None`` when empty)."""
+        body = await self._read_body(receive, headers)
+        return jsonio.loads(body) if len(body) else None
+
+    # -- model repository ----------------------------------------------------------------------------
+
+    async def _repository_index(self, scope: Scope, receive: Receive, headers: Headers) -> Response:
+        document = await self._read_json(receive, headers)
+        ready = False
+        if isinstance(document, dict) and "ready" in document:
+            ready = document["ready"]
+            if type(ready) is not bool:
+                raise ConchError("attempt to access JSON non-boolean as boolean", ErrorCode.INTERNAL)
+        return json_response(self.service.repository_index(ready))
+
+    async def _repository_control(
+        self, scope: Scope, receive: Receive, headers: Headers, repository: str, name: str, action: str
+    ) -> Response:
+        if repository:
+            raise ConchError("'repository_name' specification is not supported", ErrorCode.UNSUPPORTED)
+        if action == "load":
+            document = await self._read_json(receive, headers)
+            await self.service.load_model(name, _load_parameters(document))
+        else:
+            unload_dependents = False
+            try:
+                document = await self._read_json(receive, headers)
+                params = document.get("parameters") if isinstance(document, dict) else None
+                if isinstance(params, dict) and params.get("unload_dependents") is True:
+                    unload_dependents = True
+            except _BodyTooLarge:
+                raise
+            except ConchError:
+                pass  # Triton ignores an unreadable unload body and unloads anyway
+            await self.service.unload_model(name, unload_dependents)
+        return Response(status_code=200, media_type=JSON)
+
+
+# -- helpers ----------------------------------------------------------------------------------------
+
+
+def _raw_path(scope: Scope) -> str:
+    raw = scope.get("raw_path")
+    if raw is None:
+        return str(scope["path"])
+    return bytes(raw).split(b"?", 1)[0].decode("latin-1")
+
+
+def _allow(method: str, allowed: str) -> None:
+    if method != allowed:
+        raise _MethodNotAllowed
+
+
+def _version(text: str) -> int:
+    """A version from the URL (digits, by the route): -1 when absent, Triton's error past int64."""
+    if not text:
+        return -1
+    value = int(text)
+    if value > _INT64_MAX:
+        raise ConchError(
+            f"failed to get model version from specified version string '{text}' (details: stol), "
+            "version should be an integral value > 0",
+            ErrorCode.INVALID_ARG,
+        )
+    return value
+
+
+def _content_length(headers: Headers) -> int | None:
+    value = headers.get("content-length")
+    if value is None:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        return None
+
+
+def _too_large(size: int, limit: int) -> _BodyTooLarge:
+    return _BodyTooLarge(
+        f"request size of {size} bytes exceeds the maximum allowed input size of {limit} bytes. "
+        "Use --http-max-input-size to increase the limit.",
+        ErrorCode.INVALID_ARG,
+    )
+
+
+def _config_json(config: Any) -> Any:
+    from conch.config import config_to_json
+
+    return config_to_json(config)
+
+
+def _load_parameters(document: Any) -> dict[str, Any]:
+    """``{"parameters": {"config": str, "file:<path>": base64}}`` as the service takes them."""
+    out: dict[str, Any] = {}
+    if not isinstance(document, dict) or "parameters" not in document:
+        return out
+    params = document["parameters"]
+    if not isinstance(params, dict):
+        raise ConchError("attempt to get members for non-object", ErrorCode.INTERNAL)
+    for key, value in params.items():
+        if not isinstance(value, str):
+            raise ConchError("attempt to access JSON non-string as string", ErrorCode.INTERNAL)
+        if key == "config":
+            out[key] = value
+        elif key.startswith("file:"):
+            out[key] = _b64decode(value)
+        else:
+            raise ConchError("unexpected error on creating Triton parameter", ErrorCode.INTERNAL)
+    return out
+
+
+def _b64decode(text: str) -> bytes:
+    """Lenient base64, as Triton's libb64 decodes: characters outside the alphabet are skipped."""
+    cleaned = re.sub(rb"[^A-Za-z0-9+/]", b"", text.encode("utf-8", "surrogateescape"))
+    if len(cleaned) % 4 == 1:
+        cleaned = cleaned[:-1]
+    return base64.b64decode(cleaned + b"=" * (-len(cleaned) % 4))
+
+
+def json_response(value: Any, status: int = 200) -> Response:
+    if isinstance(value, (bytes, str)):
+        content = value.encode("utf-8") if isinstance(value, str) else value
+    else:
+        content = jsonio.dumps(value)
+    return Response(content, status_code=status, media_type=JSON)
+
+
+def error_response(message: str, status: int, *, close: bool = False) -> Response:
+    headers = {"Connection": "close"} if close else None
+    return Response(jsonio.error_body(message), status_code=status, media_type=JSON, headers=headers)
+
+
+async def _lifespan(receive: Receive, send: Send) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return
