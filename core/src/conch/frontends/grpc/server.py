@@ -170,5 +170,5 @@ async def start_grpc_server(
     if bound == 0:
         raise GRPCBindError(display)
     await server.start()
-    log.info("Started GRPCInferenceService at %s", display if port else _host_port(address, bound))
+    log.debug("gRPC server bound to %s", _host_port(address, bound))  # the caller logs Triton's "Started ..." line
     return server

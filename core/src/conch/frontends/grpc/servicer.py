@@ -331,7 +331,14 @@ class _StreamSession:
         written: asyncio.Future[None] | None,
     ) -> None:
         try:
-            async for item in self._responses(wire, version, model, error):
+            try:
+                async for item in self._responses(wire, version, model, error):
+                    if gate is not None:
+                        await gate
+                        gate = None
+                    self.out.put_nowait(item)
+            except Exception as exc:  # noqa: BLE001 - reported on the stream, which stays open
+                item = codec.stream_error(_failure(exc)[1], wire.message.id)
                 if gate is not None:
                     await gate
                     gate = None

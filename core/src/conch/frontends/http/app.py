@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
+import numpy as np
 from starlette.datastructures import Headers
 from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
@@ -214,18 +215,19 @@ class HTTPApp:
             content = encoded.body()
         return Response(content, media_type=content_type, headers=out_headers)
 
-    async def _read_body(self, receive: Receive, headers: Headers) -> bytes | bytearray:
+    async def _read_body(self, receive: Receive, headers: Headers) -> bytes | memoryview:
         """The whole request body, refused (the rest unread) once it passes ``max_input_size``.
 
-        A body that arrives in one message is used as it is; one in several is copied once, into a
-        buffer of the declared ``Content-Length`` (or joined at the end when chunked).
+        A body that arrives in one message is used as it is. One in several is copied once: into a
+        buffer of the declared ``Content-Length`` (numpy's, which skips zero-filling and gets huge
+        pages), or joined at the end when the length is unknown (chunked).
         """
         limit = self.max_input_size
         declared = _content_length(headers)
         if declared is not None and declared > limit:
             raise _too_large(declared, limit)
         chunks: list[bytes] = []
-        buffer: bytearray | None = None
+        buffer: memoryview | None = None
         total = 0
         while True:
             message: Message = await receive()
@@ -240,11 +242,11 @@ class HTTPApp:
                 if total == 0 and not more:
                     return chunk
                 if total == 0 and declared is not None and declared >= end:
-                    buffer = bytearray(declared)
+                    buffer = np.empty(declared, dtype=np.uint8).data
                 if buffer is not None and end <= len(buffer):
                     buffer[total:end] = chunk
                 else:
-                    if buffer is not None:  # more than declared: give up on the buffer
+                    if buffer is not None:  # more than declared: fall back to joining
                         chunks.append(bytes(buffer[:total]))
                         buffer = None
                     chunks.append(chunk)
@@ -252,7 +254,7 @@ class HTTPApp:
             if not more:
                 break
         if buffer is not None:
-            return buffer if total == len(buffer) else buffer[:total]
+            return buffer[:total]
         return b"".join(chunks)
 
     async def _read_json(self, receive: Receive, headers: Headers) -> Any:
