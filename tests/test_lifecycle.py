@@ -16,7 +16,7 @@ import pytest
 import requests
 import tritonclient.http as httpclient
 
-from conftest import RunningServer, free_port, identity_config, start_server, write_model
+from serverkit import RunningServer, free_port, identity_config, start_server, write_model
 
 
 def _infer_fp32(url: str, model: str, data: np.ndarray) -> np.ndarray:
@@ -267,7 +267,7 @@ def test_version_policy_and_ignored_version_folders(tmp_path: Path) -> None:
         assert versions("all") == ["1", "2"]
         assert versions("default") == ["5"]
         assert "ignore version directory 'abc' which fails to convert to integral number" in srv.log()
-        assert "ignore version directory '01' which fails to convert to integral number" in srv.log()
+        assert "ignore version directory '01' which contains leading zeros in its directory name" in srv.log()
         assert requests.get(f"{srv.base}/v2/models/default/versions/1/ready").status_code == 400
         assert requests.get(f"{srv.base}/v2/models/specific/versions/3/ready").status_code == 200
     finally:

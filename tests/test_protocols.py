@@ -12,7 +12,7 @@ import tritonclient.http as httpclient
 import tritonclient.http.aio as httpaio
 from tritonclient.utils import InferenceServerException
 
-from conftest import RunningServer
+from serverkit import RunningServer
 
 NUMERIC = {
     "BOOL": np.bool_, "UINT8": np.uint8, "UINT16": np.uint16, "UINT32": np.uint32, "UINT64": np.uint64,
@@ -20,19 +20,29 @@ NUMERIC = {
     "FP16": np.float16, "FP32": np.float32, "FP64": np.float64,
 }
 BYTES_DATA = np.array([[b"", b"hello", b"\xff\xfe\x00binary", "ünïcode".encode()]], dtype=object)
+BYTES_JSON_DATA = np.array([[b"", b"hello", b"with \x00 nul", "ünïcode".encode()]], dtype=object)
 
 
 def _sample(datatype: str) -> np.ndarray:
     if datatype == "BYTES":
         return BYTES_DATA
     if datatype == "BF16":
-        # Values exactly representable in bfloat16, so the round trip is exact.
-        return np.array([[1.0, -2.5, 0.0, 3.140625]], dtype=np.float32)
+        # tritonclient takes bfloat16 arrays from ml_dtypes; values chosen to be exact in bfloat16.
+        import ml_dtypes
+
+        return np.array([[1.0, -2.5, 0.0, 3.140625]], dtype=ml_dtypes.bfloat16)
     dtype = NUMERIC[datatype]
     if dtype is np.bool_:
         return np.array([[True, False, True, True]])
     info = np.iinfo(dtype) if np.issubdtype(dtype, np.integer) else np.finfo(dtype)
     return np.array([[0, 1, info.max, info.min if np.issubdtype(dtype, np.signedinteger) else 3]], dtype=dtype)
+
+
+def _plain(array: np.ndarray) -> list:
+    """Comparable Python values (bfloat16 through float32)."""
+    if array.dtype.name == "bfloat16":
+        array = array.astype(np.float32)
+    return array.tolist()
 
 
 def _model(datatype: str) -> str:
@@ -50,13 +60,15 @@ def test_http_every_datatype(server: RunningServer, datatype: str, binary: bool)
         pytest.skip("FP16 and BF16 are not representable in Triton's JSON (rejection tested separately)")
     client = httpclient.InferenceServerClient(server.http_url)
     data = _sample(datatype)
+    if datatype == "BYTES" and not binary:
+        data = BYTES_JSON_DATA  # JSON strings carry UTF-8 text only; non-UTF-8 goes binary
     inp = httpclient.InferInput("INPUT0", list(data.shape), datatype)
     inp.set_data_from_numpy(data, binary_data=binary)
     out = httpclient.InferRequestedOutput("OUTPUT0", binary_data=binary)
     result = client.infer(_model(datatype), [inp], outputs=[out])
     got = result.as_numpy("OUTPUT0")
     assert got.shape == data.shape
-    assert got.tolist() == data.tolist()
+    assert _plain(got) == _plain(data)
     assert result.get_output("OUTPUT0")["datatype"] == datatype
 
 
@@ -68,7 +80,7 @@ def test_grpc_every_datatype(server: RunningServer, datatype: str) -> None:
     inp.set_data_from_numpy(data)
     result = client.infer(_model(datatype), [inp])
     got = result.as_numpy("OUTPUT0")
-    assert got.tolist() == data.tolist()
+    assert _plain(got) == _plain(data)
     assert result.get_output("OUTPUT0").datatype == datatype
 
 
@@ -117,7 +129,7 @@ def test_fp16_json_rejected(server: RunningServer) -> None:
     r = requests.post(f"{server.base}/v2/models/identity_fp16/infer", json=body)
     assert r.status_code == 400
     assert r.json()["error"] == (
-        "receiving FP16 data via JSON is not supported. Please use the binary data format for input 'INPUT0'"
+        "receiving FP16 data via JSON is not supported. Please use the binary data format for input INPUT0"
     )
 
 

@@ -26,7 +26,7 @@ from starlette.testclient import TestClient
 from conch._proto.model_config_pb2 import DataType, ModelConfig, ModelInput, ModelOutput
 from conch.errors import ConchError, ErrorCode
 from conch.frontends.http import create_app
-from conch.inference import InferenceRequest, InferenceResponse, Tensor
+from conch.inference import InferenceRequest, InferenceResponse, ResponseStream, Tensor
 from conch.validation import Signature, validate
 
 # -- the fake service ------------------------------------------------------------------------------
@@ -140,19 +140,32 @@ class FakeService:
     def plugin_list(self) -> list[dict[str, Any]]:
         return [{"name": "identity", "kind": "backend"}]
 
-    async def infer(self, request: InferenceRequest) -> InferenceResponse:
-        if self.fail_with is not None:
-            raise self.fail_with
+    def submit(self, request: InferenceRequest) -> ResponseStream:
+        """Validate (errors raised, as the real service does) and answer at once on a stream."""
+        if isinstance(self.fail_with, ConchError) and self.fail_with.code is ErrorCode.UNAVAILABLE:
+            raise self.fail_with  # e.g. a full queue: refused at submission
         model = self.model(request.model_name, request.model_version)
         validate(request, model.signature)
         request.version_label = str(model.version)
+        request.stream = ResponseStream()
         self.requests.append(request)
+        if self.fail_with is not None:  # an execution error: arrives as the response
+            error = self.fail_with if isinstance(self.fail_with, ConchError) else ConchError(str(self.fail_with))
+            request.fail(error.message, error.code)
+            return request.stream
         outputs = []
         for name in request.requested_output_names():
             tensor = request.inputs[f"INPUT{name[len('OUTPUT') :]}"]
             assert isinstance(tensor.data, np.ndarray)
             outputs.append(Tensor(name, tensor.datatype, tensor.data))
-        return InferenceResponse(model_name=model.name, model_version=request.version_label, outputs=outputs)
+        request.respond(InferenceResponse(outputs=outputs))
+        return request.stream
+
+    async def infer(self, request: InferenceRequest) -> InferenceResponse:
+        response = await self.submit(request).next()
+        if response.error is not None:
+            raise response.error
+        return response
 
 
 @pytest.fixture

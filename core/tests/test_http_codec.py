@@ -51,27 +51,23 @@ def test_header_length_absent_means_whole_body() -> None:
     assert codec.parse_header_length(None, 120) == 120
 
 
-@pytest.mark.parametrize(("value", "expected"), [("0", 0), ("17", 17), (" 17", 17), ("17abc", 17), ("120", 120)])
-def test_header_length_parses_like_stoi(value: str, expected: int) -> None:
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [("0", 0), ("17", 17), (" 17", 17), ("+17", 17), ("17abc", 17), ("120", 120), ("abc", 0), ("", 0), ("4294967296", 0)],
+)
+def test_header_length_parses_like_atoi(value: str, expected: int) -> None:
+    # Triton 2.51 reads the header with atoi: no digits is 0 (a raw binary request), and the value is
+    # narrowed to a 32-bit int.
     assert codec.parse_header_length(value, 120) == expected
 
 
-@pytest.mark.parametrize(
-    ("value", "message"),
-    [
-        ("121", "inference header size should be in range (0, 120), got: 121"),
-        ("-1", "inference header size should be in range (0, 120), got: -1"),
-        ("abc", "Unable to parse Inference-Header-Content-Length, got: abc"),
-        (
-            "99999999999",
-            "Unable to parse Inference-Header-Content-Length, value is out of range [ -2147483648, 2147483647 ], "
-            "got: 99999999999",
-        ),
-    ],
-)
-def test_header_length_errors(value: str, message: str) -> None:
+@pytest.mark.parametrize("value", ["121", "-1", "-5", "99999999999"])
+def test_header_length_out_of_range(value: str) -> None:
     error = error_of(codec.parse_header_length, value, 120)
-    assert (error.message, error.code) == (message, ErrorCode.INVALID_ARG)
+    assert (error.message, error.code) == (
+        f"inference header size should be in range (0, 120), got: {value}",
+        ErrorCode.INVALID_ARG,
+    )
 
 
 # -- JSON parsing ------------------------------------------------------------------------------------
@@ -121,6 +117,19 @@ def test_parse_accepts_nan_infinity_and_non_utf8_strings() -> None:
     value = jsonio.loads(b'{"a":[NaN,Infinity,-Infinity],"s":"\xff\xfe"}')
     assert np.isnan(value["a"][0]) and value["a"][1:] == [float("inf"), float("-inf")]
     assert jsonio.text_bytes(value["s"]) == b"\xff\xfe"
+
+
+@pytest.mark.parametrize(
+    ("document", "expected"),
+    [
+        (b"\x00\x00\x80?\x00\x00\x00@", "The document is empty. at 0"),  # raw float32 bytes sent without a header
+        (b'{"a":\x00}', "Invalid value. at 5"),
+        (b'{"a":"x\x00"}', "Missing a closing quotation mark in string. at 7"),
+    ],
+)
+def test_parse_stops_at_nul_like_rapidjson(document: bytes, expected: str) -> None:
+    assert error_of(jsonio.loads, document).message == f"failed to parse the request JSON buffer: {expected}"
+    assert jsonio.loads(b'{"a":1}\x00trailing') == {"a": 1}
 
 
 def test_parse_of_absurd_nesting_is_an_error_not_a_crash() -> None:
@@ -464,6 +473,17 @@ def raw_config(*inputs: tuple[str, int, list[int]], max_batch_size: int = 0) -> 
     return config
 
 
+def test_raw_request_byte_size_is_checked_under_the_placeholder_name() -> None:
+    config = raw_config(("INPUT0", DataType.TYPE_FP32, [4]), max_batch_size=8)
+    for body in (b"", b"\0" * 99):
+        error = error_of(codec.decode_raw_request, body, "ident_fp32", 1, config)
+        assert (error.message, error.code) == (
+            "[request id: <id_unknown>] input byte size mismatch for input 'raw_input' for model 'ident_fp32'. "
+            f"Expected 16, got {len(body)}",
+            ErrorCode.INVALID_ARG,
+        )
+
+
 def test_raw_request_deduces_the_variable_dimension() -> None:
     body = np.arange(8, dtype=np.float32).tobytes()
     decoded = codec.decode_raw_request(body, "m", 1, raw_config(("INPUT0", DataType.TYPE_FP32, [-1]), max_batch_size=4))
@@ -498,7 +518,7 @@ def test_raw_request_bytes_input_is_one_element() -> None:
     ],
 )
 def test_raw_request_errors(config: ModelConfig, message: str) -> None:
-    error = error_of(codec.decode_raw_request, b"\0" * 16, "m", 1, config)
+    error = error_of(codec.decode_raw_request, b"\0" * 32, "m", 1, config)
     assert (error.message, error.code) == (message, ErrorCode.INVALID_ARG)
 
 

@@ -99,6 +99,7 @@ class Server:
         # Frontends listen before models load: probes see "live, not ready" instead of a refused port.
         await self._start_frontends()
         await self.models.load_startup_models()
+        self.service.started = True
         self._print_model_table()
         failed = [row for row in self.models.index() if row.get("state") != "READY" and row.get("reason") != "unloaded"]
         if failed and opts.manager.control_mode == "none":

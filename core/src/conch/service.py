@@ -55,6 +55,7 @@ class InferenceService:
         self.server_id = server_id
         self.strict_readiness = strict_readiness
         self.live = True
+        self.started = False  # true once the start-up models have been loaded (or failed)
         self.accepting = True  # false once shutdown begins
         self.inflight = 0
         self._idle = asyncio.Event()
@@ -67,7 +68,7 @@ class InferenceService:
 
     def is_ready(self) -> bool:
         """Ready to serve: accepting, and with strict readiness every loaded model ready."""
-        if not (self.live and self.accepting):
+        if not (self.live and self.started and self.accepting):
             return False
         return self.models.all_ready() if self.strict_readiness else True
 

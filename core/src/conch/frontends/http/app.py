@@ -1,9 +1,13 @@
-"""The HTTP/REST frontend: Triton's routes, status codes and error bodies, as an ASGI app.
+"""The HTTP/REST frontend: Triton's routes, status codes, error bodies and headers, as an ASGI app.
 
-Routing follows Triton's ``HTTPAPIServer::Handle``: the same regular expressions on the raw path, tried
-in the same order, with the method checked by each handler (so a known path with the wrong method is a
-405 and anything else a 404). Errors are always ``{"error": "<message>"}`` as ``application/json``, with
-the status of the error's code. Only successful inference responses are compressed, as in Triton.
+Routing follows Triton's ``HTTPAPIServer::Handle``: the same regular expressions on the raw (not
+percent-decoded) path, tried in the same order, with the method checked by each handler, so a known
+path with the wrong method is a 405 and anything else a 404. Errors are ``{"error": "<message>"}``
+with the status of the error's code. ``Content-Type`` is what Triton sends: ``application/json`` where
+its handler sets it (metadata, config, repository, request parsing and validation errors),
+``text/plain`` (its HTTP library's default) elsewhere: health, readiness, unknown routes, 405s of the
+health, ready and infer handlers, infer errors before the body is parsed and errors of the response.
+Only successful inference responses are compressed, as in Triton.
 """
 
 from __future__ import annotations
@@ -11,9 +15,7 @@ from __future__ import annotations
 import base64
 import logging
 import re
-from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
-from urllib.parse import unquote
 
 import numpy as np
 from starlette.datastructures import Headers
@@ -29,6 +31,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("conch.http")
 
 JSON = "application/json"
+TEXT = "text/plain"
 OCTET_STREAM = "application/octet-stream"
 _INT64_MAX = (1 << 63) - 1
 
@@ -42,31 +45,48 @@ _CUDA_SHM = re.compile(r"/v2/cudasharedmemory(?:/region/([^/]+))?/(status|regist
 _REPOSITORY = re.compile(r"/v2/repository(?:/([^/]+))?/(index|models/([^/]+)/(load|unload))")
 _TRACE = re.compile(r"/v2/trace/setting")
 
-#: Triton features Conch does not have yet, answered as a Triton built without them answers
-#: (statistics, tracing, logging: UNAVAILABLE, Triton's texts) or, where Triton has no such build,
+#: Triton features Conch does not have yet. Statistics, tracing and logging answer as a Triton built
+#: without them does (UNAVAILABLE, Triton's texts); the others, which Triton cannot be built without,
 #: as UNSUPPORTED naming the feature.
-UNAVAILABLE_FEATURES = {
+MISSING_FEATURES = {
     "statistics": ConchError("the server does not support model statistics", ErrorCode.UNAVAILABLE),
     "trace": ConchError("the server does not support tracing", ErrorCode.UNAVAILABLE),
     "logging": ConchError("the server does not support dynamic logging", ErrorCode.UNAVAILABLE),
-    "system_shared_memory": ConchError(
-        "system shared memory is not supported by this server yet", ErrorCode.UNSUPPORTED
-    ),
-    "cuda_shared_memory": ConchError("CUDA shared memory is not supported by this server yet", ErrorCode.UNSUPPORTED),
+    "system": ConchError("system shared memory is not supported by this server yet", ErrorCode.UNSUPPORTED),
+    "cuda": ConchError("CUDA shared memory is not supported by this server yet", ErrorCode.UNSUPPORTED),
     "generate": ConchError("generate is not supported by this server yet", ErrorCode.UNSUPPORTED),
 }
 
 
-class _MethodNotAllowed(Exception):
-    pass
+class _Reply(Exception):
+    """An error answer: message, status, and the ``Content-Type`` Triton gives it."""
+
+    def __init__(
+        self, message: str, status: int, content_type: str = JSON, headers: dict[str, str] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+        self.content_type = content_type
+        self.headers = headers
+
+    @classmethod
+    def plain(cls, error: ConchError, headers: dict[str, str] | None = None) -> _Reply:
+        return cls(error.message, error.code.http_status, TEXT, headers or _extra_headers(error))
+
+
+class _TooLarge(ConchError):
+    """Over ``--http-max-input-size``: answered, then the connection is closed (the rest is unread)."""
+
+    headers = {"Connection": "close"}
+
+
+def _extra_headers(error: ConchError) -> dict[str, str] | None:
+    return error.headers if isinstance(error, _TooLarge) else None
 
 
 class _ClientGone(Exception):
     pass
-
-
-class _BodyTooLarge(ConchError):
-    """Over ``--http-max-input-size``: answered, then the connection is closed (the rest is unread)."""
 
 
 def create_app(service: InferenceService, *, max_input_size: int = 1 << 26) -> HTTPApp:
@@ -76,9 +96,6 @@ def create_app(service: InferenceService, *, max_input_size: int = 1 << 26) -> H
     decompression.
     """
     return HTTPApp(service, max_input_size=max_input_size)
-
-
-Handler = Callable[[Scope, Receive, Headers], Awaitable[Response]]
 
 
 class HTTPApp:
@@ -98,12 +115,10 @@ class HTTPApp:
         headers = Headers(scope=scope)
         try:
             response = await self._route(scope, receive, headers)
-        except _MethodNotAllowed:
-            response = error_response("Method Not Allowed", 405)
-        except _BodyTooLarge as exc:
-            response = error_response(exc.message, exc.code.http_status, close=True)
+        except _Reply as reply:
+            response = error_response(reply.message, reply.status, reply.content_type, reply.headers)
         except ConchError as exc:
-            response = error_response(exc.message, exc.code.http_status)
+            response = error_response(exc.message, exc.code.http_status, JSON, _extra_headers(exc))
         except _ClientGone:
             return
         except Exception as exc:  # never let a request take the server down
@@ -117,21 +132,24 @@ class HTTPApp:
         path = _raw_path(scope)
         method = scope["method"]
         if path == "/v2/models/stats":
-            return self._feature(method, ("GET",), "statistics")
+            return _missing(method, ("GET",), "statistics")
         if path == "/v2/logging":
-            return self._feature(method, ("GET", "POST"), "logging")
+            return _missing(method, ("GET", "POST"), "logging")
         match = _MODEL.fullmatch(path)
         if match is not None:
-            name, version_text, kind = unquote(match[1]), match[2] or "", match[3] or ""
+            name, version_text, kind = match[1], match[2] or "", match[3] or ""
             if kind == "infer":
-                _allow(method, "POST")
-                return await self._infer(scope, receive, headers, name, version_text)
+                _allow(method, "POST", TEXT)
+                return await self._infer(receive, headers, name, version_text)
             if kind == "ready":
-                _allow(method, "GET")
-                ready = self.service.model_ready(name, _version(version_text))
+                _allow(method, "GET", TEXT)
+                try:
+                    ready = self.service.model_ready(name, _version(version_text))
+                except ConchError as exc:
+                    raise _Reply.plain(exc) from None
                 if not ready:
-                    raise ConchError("Model version not ready", ErrorCode.INVALID_ARG)
-                return Response(status_code=200)
+                    raise _Reply("Model version not ready", 400, TEXT)
+                return empty_response(TEXT)
             if kind == "config":
                 _allow(method, "GET")
                 return json_response(_config_json(self.service.model_config(name, _version(version_text))))
@@ -139,68 +157,75 @@ class HTTPApp:
                 _allow(method, "GET")
                 return json_response(self.service.model_metadata(name, _version(version_text)))
             if kind in ("generate", "generate_stream"):
-                return self._feature(method, ("POST",), "generate")
+                return _missing(method, ("POST",), "generate")
             if kind == "stats":
-                return self._feature(method, ("GET",), "statistics")
+                return _missing(method, ("GET",), "statistics")
             if kind == "trace/setting" and not version_text:
-                return self._feature(method, ("GET", "POST"), "trace")
+                return _missing(method, ("GET", "POST"), "trace")
         if path == "/v2":
             _allow(method, "GET")
             return json_response(self.service.metadata())
         match = _SERVER.fullmatch(path)
         if match is not None:
-            _allow(method, "GET")
+            _allow(method, "GET", TEXT)
             healthy = self.service.is_live() if match[1] == "live" else self.service.is_ready()
-            return Response(status_code=200 if healthy else 400)
-        for expression, feature in ((_SYSTEM_SHM, "system_shared_memory"), (_CUDA_SHM, "cuda_shared_memory")):
+            return empty_response(TEXT, 200 if healthy else 400)
+        for expression, kind in ((_SYSTEM_SHM, "system"), (_CUDA_SHM, "cuda")):
             match = expression.fullmatch(path)
             if match is not None:
-                return self._feature(method, ("GET",) if match[2] == "status" else ("POST",), feature)
+                return _shared_memory(method, kind, match[1] or "", match[2])
         match = _REPOSITORY.fullmatch(path)
         if match is not None:
             _allow(method, "POST")
             if match[2] == "index":
-                return await self._repository_index(scope, receive, headers)
-            return await self._repository_control(
-                scope, receive, headers, unquote(match[1] or ""), unquote(match[3]), match[4]
-            )
+                return await self._repository_index(receive, headers)
+            return await self._repository_control(receive, headers, match[1] or "", match[3], match[4])
         if _TRACE.fullmatch(path):
-            return self._feature(method, ("GET", "POST"), "trace")
+            return _missing(method, ("GET", "POST"), "trace")
         if path == "/conch/plugins":
             _allow(method, "GET")
             return json_response({"plugins": self.service.plugin_list()})
-        return error_response("Not Found", 404)
-
-    @staticmethod
-    def _feature(method: str, methods: tuple[str, ...], feature: str) -> Response:
-        if method not in methods:
-            raise _MethodNotAllowed
-        raise UNAVAILABLE_FEATURES[feature]
+        raise _Reply("Not Found", 404, TEXT)
 
     # -- inference -----------------------------------------------------------------------------------
 
-    async def _infer(self, scope: Scope, receive: Receive, headers: Headers, name: str, version_text: str) -> Response:
-        model = self.service.model(name, _version(version_text))
-        if model.decoupled:
-            raise ConchError(
-                "HTTP end point doesn't support models with decoupled transaction policy", ErrorCode.UNSUPPORTED
-            )
-        encoding = compression.request_encoding(headers.get("content-encoding"))
-        body = await self._read_body(receive, headers)
-        if encoding != compression.IDENTITY:
-            body = compression.decompress(body, self.max_input_size)
-        header_length = codec.parse_header_length(headers.get(codec.HEADER_LENGTH_HEADER), len(body))
+    async def _infer(self, receive: Receive, headers: Headers, name: str, version_text: str) -> Response:
+        # Before the body is parsed, Triton's errors go out without a Content-Type of their own.
+        try:
+            model = self.service.model(name, _version(version_text))
+            if model.decoupled:
+                raise ConchError(
+                    "HTTP end point doesn't support models with decoupled transaction policy", ErrorCode.UNSUPPORTED
+                )
+            try:
+                encoding = compression.request_encoding(headers.get("content-encoding"))
+            except ConchError as exc:
+                raise _Reply.plain(exc, {"Accept-Encoding": "gzip, deflate"}) from None
+            body = await self._read_body(receive, headers)
+            if encoding != compression.IDENTITY:
+                body = compression.decompress(body, self.max_input_size)
+            header_length = codec.parse_header_length(headers.get(codec.HEADER_LENGTH_HEADER), len(body))
+        except ConchError as exc:
+            raise _Reply.plain(exc) from None
+        # Parsing and validation errors are JSON.
         if header_length == 0:
             decoded = codec.decode_raw_request(body, model.name, model.version, model.config)
         else:
             decoded = codec.decode_infer_request(body, header_length, model.name, model.version)
-        response = await self.service.infer(decoded.request)
-        encoded = codec.encode_infer_response(
-            response,
-            decoded,
-            batching=model.config.max_batch_size > 0,
-            labels=getattr(model, "output_labels", None),
-        )
+        stream = self.service.submit(decoded.request)
+        # Errors of the response (execution, encoding) are plain again.
+        try:
+            response = await stream.next()
+            if response.error is not None:
+                raise response.error
+            encoded = codec.encode_infer_response(
+                response,
+                decoded,
+                batching=model.config.max_batch_size > 0,
+                labels=getattr(model, "output_labels", None),
+            )
+        except ConchError as exc:
+            raise _Reply.plain(exc) from None
         out_headers = {}
         if encoded.has_binary:
             out_headers[codec.HEADER_LENGTH_HEADER] = str(len(encoded.header))
@@ -264,7 +289,7 @@ class HTTPApp:
 
     # -- model repository ----------------------------------------------------------------------------
 
-    async def _repository_index(self, scope: Scope, receive: Receive, headers: Headers) -> Response:
+    async def _repository_index(self, receive: Receive, headers: Headers) -> Response:
         document = await self._read_json(receive, headers)
         ready = False
         if isinstance(document, dict) and "ready" in document:
@@ -274,7 +299,7 @@ class HTTPApp:
         return json_response(self.service.repository_index(ready))
 
     async def _repository_control(
-        self, scope: Scope, receive: Receive, headers: Headers, repository: str, name: str, action: str
+        self, receive: Receive, headers: Headers, repository: str, name: str, action: str
     ) -> Response:
         if repository:
             raise ConchError("'repository_name' specification is not supported", ErrorCode.UNSUPPORTED)
@@ -288,12 +313,12 @@ class HTTPApp:
                 params = document.get("parameters") if isinstance(document, dict) else None
                 if isinstance(params, dict) and params.get("unload_dependents") is True:
                     unload_dependents = True
-            except _BodyTooLarge:
+            except _TooLarge:
                 raise
             except ConchError:
                 pass  # Triton ignores an unreadable unload body and unloads anyway
             await self.service.unload_model(name, unload_dependents)
-        return Response(status_code=200, media_type=JSON)
+        return empty_response(JSON)
 
 
 # -- helpers ----------------------------------------------------------------------------------------
@@ -306,9 +331,31 @@ def _raw_path(scope: Scope) -> str:
     return bytes(raw).split(b"?", 1)[0].decode("latin-1")
 
 
-def _allow(method: str, allowed: str) -> None:
+def _allow(method: str, allowed: str, content_type: str = JSON) -> None:
     if method != allowed:
-        raise _MethodNotAllowed
+        raise _Reply("Method Not Allowed", 405, content_type)
+
+
+def _missing(method: str, methods: tuple[str, ...], feature: str) -> Response:
+    if method not in methods:
+        raise _Reply("Method Not Allowed", 405)
+    raise MISSING_FEATURES[feature]
+
+
+def _shared_memory(method: str, kind: str, region: str, action: str) -> Response:
+    """No region can be registered yet: status lists none, unregistering is a no-op, registering fails."""
+    _allow(method, "GET" if action == "status" else "POST")
+    if action == "status":
+        if region:
+            label = "cuda" if kind == "cuda" else "system"
+            raise ConchError(f"Unable to find {label} shared memory region: '{region}'", ErrorCode.NOT_FOUND)
+        return json_response([])
+    if action == "unregister":
+        return empty_response(JSON)
+    if not region:
+        label = "cuda" if kind == "cuda" else "system"
+        raise ConchError(f"'region name' is necessary to register {label} shared memory region")
+    raise MISSING_FEATURES[kind]
 
 
 def _version(text: str) -> int:
@@ -335,8 +382,8 @@ def _content_length(headers: Headers) -> int | None:
         return None
 
 
-def _too_large(size: int, limit: int) -> _BodyTooLarge:
-    return _BodyTooLarge(
+def _too_large(size: int, limit: int) -> _TooLarge:
+    return _TooLarge(
         f"request size of {size} bytes exceeds the maximum allowed input size of {limit} bytes. "
         "Use --http-max-input-size to increase the limit.",
         ErrorCode.INVALID_ARG,
@@ -385,9 +432,17 @@ def json_response(value: Any, status: int = 200) -> Response:
     return Response(content, status_code=status, media_type=JSON)
 
 
-def error_response(message: str, status: int, *, close: bool = False) -> Response:
-    headers = {"Connection": "close"} if close else None
-    return Response(jsonio.error_body(message), status_code=status, media_type=JSON, headers=headers)
+def empty_response(content_type: str, status: int = 200) -> Response:
+    return Response(status_code=status, headers={"Content-Type": content_type})
+
+
+def error_response(
+    message: str, status: int, content_type: str = JSON, headers: dict[str, str] | None = None
+) -> Response:
+    """``{"error": message}``; ``content_type`` is set as is (no charset), as Triton sends it."""
+    return Response(
+        jsonio.error_body(message), status_code=status, headers={**(headers or {}), "Content-Type": content_type}
+    )
 
 
 async def _lifespan(receive: Receive, send: Send) -> None:

@@ -23,8 +23,6 @@ from conch.frontends.http import jsonio
 from conch.inference import InferenceRequest, InferenceResponse, InferInput, RequestedOutput
 
 HEADER_LENGTH_HEADER = "Inference-Header-Content-Length"
-_INT32_MIN = -(1 << 31)
-_INT32_MAX = (1 << 31) - 1
 _INT64_MIN = -(1 << 63)
 _UINT64_LIMIT = 1 << 64
 
@@ -90,28 +88,28 @@ def _invalid(message: str) -> ConchError:
 # -- headers --------------------------------------------------------------------------------------
 
 
-def _stoi(text: str) -> int | None:
-    """``std::stoi``'s prefix parse: whitespace, an optional sign, digits; None when there are none."""
+def _atoi(text: str) -> int:
+    """C's ``atoi`` as Triton 2.51 uses it: ``strtol`` (clamped to 64 bits, 0 without digits), then ``int``."""
     stripped = text.lstrip(" \t\n\v\f\r")
-    end = 1 if stripped[:1] in ("+", "-") else 0
-    start = end
-    while end < len(stripped) and stripped[end] in "0123456789":
+    sign = -1 if stripped[:1] == "-" else 1
+    digits = stripped[1:] if stripped[:1] in ("+", "-") else stripped
+    end = 0
+    while end < len(digits) and digits[end] in "0123456789":
         end += 1
-    return int(stripped[:end]) if end > start else None
+    value = sign * int(digits[:end]) if end else 0
+    value = max(-(1 << 63), min(value, (1 << 63) - 1))
+    value &= 0xFFFFFFFF  # the narrowing to a 32-bit int
+    return value - (1 << 32) if value >= (1 << 31) else value
 
 
 def parse_header_length(value: str | None, content_length: int) -> int:
-    """The JSON header's length from ``Inference-Header-Content-Length`` (the whole body when absent)."""
+    """The JSON header's length from ``Inference-Header-Content-Length`` (the whole body when absent).
+
+    As in Triton 2.51, a value that is not a number reads as 0, which makes a raw binary request.
+    """
     if value is None:
         return content_length
-    parsed = _stoi(value)
-    if parsed is None:
-        raise _invalid(f"Unable to parse {HEADER_LENGTH_HEADER}, got: {value}")
-    if not _INT32_MIN <= parsed <= _INT32_MAX:
-        raise _invalid(
-            f"Unable to parse {HEADER_LENGTH_HEADER}, value is out of range [ {_INT32_MIN}, {_INT32_MAX} ], "
-            f"got: {value}"
-        )
+    parsed = _atoi(value)
     if parsed < 0 or parsed > content_length:
         raise _invalid(f"inference header size should be in range (0, {content_length}), got: {value}")
     return parsed
@@ -359,6 +357,7 @@ def decode_raw_request(
             count *= int(dim)
         shape.append(int(dim))
     data: np.ndarray | memoryview
+    dt = tensors.BY_NAME.get(datatype)
     if datatype == "BYTES":
         if dynamic_axis != -1 or count != 1:
             raise _invalid(
@@ -368,9 +367,16 @@ def decode_raw_request(
         data[0] = bytes(body)
     else:
         data = memoryview(body)
+        itemsize = dt.itemsize if dt is not None else 0
         if dynamic_axis != -1:
-            itemsize = tensors.BY_NAME[datatype].itemsize if datatype in tensors.BY_NAME else 0
             shape[dynamic_axis] = len(data) // count // itemsize if count and itemsize else 0
+        expected = tensors.element_count(shape) * itemsize
+        if len(data) != expected:
+            # Triton checks this while the input still has its placeholder name.
+            raise _invalid(
+                f"{request.log_prefix}input byte size mismatch for input 'raw_input' for model '{model_name}'. "
+                f"Expected {expected}, got {len(data)}"
+            )
     request.add_input(InferInput(name=spec.name, datatype=datatype, shape=shape, data=data))
     return decoded
 

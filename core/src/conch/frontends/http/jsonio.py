@@ -30,6 +30,8 @@ def loads(buffer: bytes | bytearray | memoryview) -> Any:
     except orjson.JSONDecodeError:
         pass
     text = bytes(buffer).decode("utf-8", "surrogateescape")
+    # RapidJSON reads a NUL as the end of the document (a document "ends" there, valid or not).
+    text = text.split("\x00", 1)[0]
     try:
         return json.loads(text)
     except RecursionError:
