@@ -831,7 +831,6 @@ def test_repository(client: tc.InferenceServerClient, server: ServerThread, stub
 
 def test_unsupported_features(client: tc.InferenceServerClient) -> None:
     for call, feature in [
-        (client.get_inference_statistics, "statistics"),
         (client.get_system_shared_memory_status, "system shared memory"),
         (client.get_cuda_shared_memory_status, "CUDA shared memory"),
         (client.get_trace_settings, "trace"),

@@ -21,13 +21,12 @@ from typing import Any
 
 import numpy as np
 import pytest
-from starlette.testclient import TestClient
-
 from conch._proto.model_config_pb2 import DataType, ModelConfig, ModelInput, ModelOutput
 from conch.errors import ConchError, ErrorCode
 from conch.frontends.http import create_app
 from conch.inference import InferenceRequest, InferenceResponse, ResponseStream, Tensor
 from conch.validation import Signature, validate
+from starlette.testclient import TestClient
 
 # -- the fake service ------------------------------------------------------------------------------
 
@@ -69,6 +68,7 @@ def models() -> dict[str, FakeModel]:
         model.name: model
         for model in [
             FakeModel("echo", [("INPUT0", fp32, [-1])], max_batch_size=8),
+            FakeModel("ident_fp32", [("INPUT0", fp32, [4])], max_batch_size=8),  # as in triton-observed.md
             FakeModel("echo_nobatch", [("INPUT0", fp32, [-1])]),
             FakeModel("echo_bytes", [("INPUT0", string, [-1])]),
             FakeModel("echo_one_string", [("INPUT0", string, [1])]),
@@ -197,9 +197,14 @@ def serialize(items: list[bytes]) -> bytes:
     return b"".join(struct.pack("<I", len(item)) + item for item in items)
 
 
-def assert_error(response: Any, status: int, message: str) -> None:
+JSON = "application/json"
+OCTET_STREAM = "application/octet-stream"
+TEXT = "text/plain"  # what Triton's HTTP library sends when a handler sets no type
+
+
+def assert_error(response: Any, status: int, message: str, content_type: str = JSON) -> None:
     assert response.status_code == status, response.content
-    assert response.headers["content-type"] == "application/json"
+    assert response.headers["content-type"] == content_type
     assert response.json() == {"error": message}
 
 
@@ -207,9 +212,10 @@ def assert_error(response: Any, status: int, message: str) -> None:
 
 
 def test_health(client: TestClient, service: FakeService) -> None:
-    for path in ("/v2/health/live", "/v2/health/ready"):
+    for path in ("/v2/health/live", "/v2/health/ready", "/v2/health/live?x=1"):
         response = client.get(path)
         assert (response.status_code, response.content) == (200, b"")
+        assert response.headers["content-type"] == TEXT
     service.live = service.ready = False
     assert client.get("/v2/health/live").status_code == 400
     assert client.get("/v2/health/ready").status_code == 400
@@ -230,9 +236,10 @@ def test_model_metadata_and_versions(client: TestClient) -> None:
     )
 
 
-def test_model_names_are_url_decoded(client: TestClient, service: FakeService) -> None:
-    service.models["my model"] = service.models["echo"]
-    assert client.get("/v2/models/my%20model/ready").status_code == 200
+def test_model_names_are_not_url_decoded_as_in_triton(client: TestClient, service: FakeService) -> None:
+    service.models["my_model"] = service.models["echo"]
+    assert_error(client.get("/v2/models/my%5Fmodel"), 404, "Request for unknown model: 'my%5Fmodel' is not found")
+    assert client.get("/v2/models/my_model/versions/01").status_code == 200
 
 
 def test_version_beyond_int64(client: TestClient) -> None:
@@ -241,14 +248,15 @@ def test_version_beyond_int64(client: TestClient) -> None:
         400,
         "failed to get model version from specified version string '99999999999999999999' (details: stol), "
         "version should be an integral value > 0",
+        TEXT,
     )
 
 
 def test_model_ready(client: TestClient) -> None:
     response = client.get("/v2/models/echo/ready")
-    assert (response.status_code, response.content) == (200, b"")
-    assert_error(client.get("/v2/models/loading/ready"), 400, "Model version not ready")
-    assert_error(client.get("/v2/models/nope/versions/2/ready"), 400, "Model version not ready")
+    assert (response.status_code, response.content, response.headers["content-type"]) == (200, b"", TEXT)
+    assert_error(client.get("/v2/models/loading/ready"), 400, "Model version not ready", TEXT)
+    assert_error(client.get("/v2/models/nope/versions/2/ready"), 400, "Model version not ready", TEXT)
 
 
 def test_model_config_is_tritons_json(client: TestClient) -> None:
@@ -259,27 +267,30 @@ def test_model_config_is_tritons_json(client: TestClient) -> None:
 
 
 @pytest.mark.parametrize(
-    ("method", "path"),
+    ("method", "path", "content_type"),
     [
-        ("POST", "/v2/health/live"),
-        ("POST", "/v2"),
-        ("DELETE", "/v2/models/echo"),
-        ("GET", "/v2/models/echo/infer"),
-        ("POST", "/v2/models/echo/ready"),
-        ("POST", "/v2/models/echo/config"),
-        ("GET", "/v2/repository/index"),
-        ("GET", "/v2/repository/models/echo/load"),
-        ("POST", "/v2/models/stats"),
-        ("DELETE", "/v2/trace/setting"),
-        ("PUT", "/v2/logging"),
-        ("POST", "/v2/systemsharedmemory/status"),
-        ("GET", "/v2/cudasharedmemory/region/r/register"),
-        ("GET", "/v2/models/echo/generate"),
-        ("POST", "/conch/plugins"),
+        ("POST", "/v2/health/live", TEXT),
+        ("DELETE", "/v2/health/ready", TEXT),
+        ("POST", "/v2", JSON),
+        ("OPTIONS", "/v2", JSON),
+        ("DELETE", "/v2/models/echo", JSON),
+        ("GET", "/v2/models/echo/infer", TEXT),
+        ("PUT", "/v2/models/echo/infer", TEXT),
+        ("POST", "/v2/models/echo/ready", TEXT),
+        ("POST", "/v2/models/echo/config", JSON),
+        ("GET", "/v2/repository/index", JSON),
+        ("GET", "/v2/repository/models/echo/load", JSON),
+        ("POST", "/v2/models/stats", JSON),
+        ("DELETE", "/v2/trace/setting", JSON),
+        ("PUT", "/v2/logging", JSON),
+        ("POST", "/v2/systemsharedmemory/status", JSON),
+        ("GET", "/v2/cudasharedmemory/region/r/register", JSON),
+        ("GET", "/v2/models/echo/generate", JSON),
+        ("POST", "/conch/plugins", JSON),
     ],
 )
-def test_wrong_method(client: TestClient, method: str, path: str) -> None:
-    assert_error(client.request(method, path), 405, "Method Not Allowed")
+def test_wrong_method(client: TestClient, method: str, path: str, content_type: str) -> None:
+    assert_error(client.request(method, path), 405, "Method Not Allowed", content_type)
 
 
 @pytest.mark.parametrize(
@@ -294,10 +305,16 @@ def test_wrong_method(client: TestClient, method: str, path: str) -> None:
         "/v2/models/echo/versions/1/trace/setting",
         "/base_path/v2/health/live",
         "/v2/health/alive",
+        "/v2/health",
+        "/v2/models",
+        "/v2/models/echo/",
+        "/v2/models/echo/versions/-1",
+        "//v2",
+        "/metrics",
     ],
 )
 def test_unknown_routes(client: TestClient, path: str) -> None:
-    assert_error(client.get(path), 404, "Not Found")
+    assert_error(client.get(path), 404, "Not Found", TEXT)
 
 
 @pytest.mark.parametrize(
@@ -308,20 +325,43 @@ def test_unknown_routes(client: TestClient, path: str) -> None:
         ("GET", "/v2/trace/setting", 503, "the server does not support tracing"),
         ("POST", "/v2/models/echo/trace/setting", 503, "the server does not support tracing"),
         ("GET", "/v2/logging", 503, "the server does not support dynamic logging"),
-        ("GET", "/v2/systemsharedmemory/status", 501, "system shared memory is not supported by this server yet"),
         (
             "POST",
             "/v2/systemsharedmemory/region/r/register",
             501,
             "system shared memory is not supported by this server yet",
         ),
-        ("POST", "/v2/cudasharedmemory/unregister", 501, "CUDA shared memory is not supported by this server yet"),
+        (
+            "POST",
+            "/v2/cudasharedmemory/region/r/register",
+            501,
+            "CUDA shared memory is not supported by this server yet",
+        ),
+        (
+            "POST",
+            "/v2/systemsharedmemory/register",
+            400,
+            "'region name' is necessary to register system shared memory region",
+        ),
+        ("GET", "/v2/systemsharedmemory/region/r/status", 404, "Unable to find system shared memory region: 'r'"),
+        ("GET", "/v2/cudasharedmemory/region/r/status", 404, "Unable to find cuda shared memory region: 'r'"),
         ("POST", "/v2/models/echo/generate", 501, "generate is not supported by this server yet"),
         ("POST", "/v2/models/echo/generate_stream", 501, "generate is not supported by this server yet"),
     ],
 )
-def test_features_conch_does_not_have_yet(client: TestClient, method: str, path: str, status: int, message: str) -> None:
+def test_features_conch_does_not_have_yet(
+    client: TestClient, method: str, path: str, status: int, message: str
+) -> None:
     assert_error(client.request(method, path), status, message)
+
+
+def test_shared_memory_has_no_regions(client: TestClient) -> None:
+    for kind in ("system", "cuda"):
+        response = client.get(f"/v2/{kind}sharedmemory/status")
+        assert (response.status_code, response.json(), response.headers["content-type"]) == (200, [], JSON)
+        for path in (f"/v2/{kind}sharedmemory/unregister", f"/v2/{kind}sharedmemory/region/r/unregister"):
+            response = client.post(path)
+            assert (response.status_code, response.content) == (200, b"")
 
 
 def test_plugins(client: TestClient) -> None:
@@ -407,7 +447,12 @@ def test_infer_json_bool(client: TestClient) -> None:
 
 def test_infer_json_bytes_with_empty_element(client: TestClient) -> None:
     response = client.post("/v2/models/echo_bytes/infer", json=infer_json("INPUT0", "BYTES", [3], ["a", "", "héllo"]))
-    assert response.json()["outputs"][0] == {"name": "OUTPUT0", "datatype": "BYTES", "shape": [3], "data": ["a", "", "héllo"]}
+    assert response.json()["outputs"][0] == {
+        "name": "OUTPUT0",
+        "datatype": "BYTES",
+        "shape": [3],
+        "data": ["a", "", "héllo"],
+    }
 
 
 def test_infer_json_shape_mismatch(client: TestClient) -> None:
@@ -424,7 +469,9 @@ def test_infer_json_shape_mismatch(client: TestClient) -> None:
 def test_infer_json_fp16_rejected(client: TestClient) -> None:
     response = client.post("/v2/models/echo_fp16/infer", json=infer_json("INPUT0", "FP16", [2], [1.0, 2.0]))
     assert_error(
-        response, 400, "receiving FP16 data via JSON is not supported. Please use the binary data format for input INPUT0"
+        response,
+        400,
+        "receiving FP16 data via JSON is not supported. Please use the binary data format for input INPUT0",
     )
 
 
@@ -439,6 +486,7 @@ def test_infer_fp16_output_in_json_rejected(client: TestClient) -> None:
         client.post("/v2/models/echo_fp16/infer", content=content, headers=headers),
         400,
         "sending FP16 data via JSON is not supported. Please use the binary data format for output",
+        TEXT,  # an error of the response, as in Triton
     )
 
 
@@ -468,11 +516,20 @@ def test_infer_parameters_reach_the_request(client: TestClient, service: FakeSer
 
 def test_infer_unknown_model_and_decoupled(client: TestClient) -> None:
     document = infer_json("INPUT0", "FP32", [1], [1])
-    assert_error(client.post("/v2/models/nope/infer", json=document), 404, "Request for unknown model: 'nope' is not found")
+    assert_error(
+        client.post("/v2/models/nope/infer", json=document), 404, "Request for unknown model: 'nope' is not found", TEXT
+    )
+    assert_error(
+        client.post("/v2/models/echo/versions/7/infer", json=document),
+        404,
+        "Request for unknown model: 'echo' version 7 is not found",
+        TEXT,
+    )
     assert_error(
         client.post("/v2/models/decoupled/infer", json=document),
         501,
         "HTTP end point doesn't support models with decoupled transaction policy",
+        TEXT,
     )
 
 
@@ -484,12 +541,28 @@ def test_infer_invalid_json(client: TestClient) -> None:
     )
 
 
-def test_unexpected_exception_is_a_500_and_the_server_lives_on(client: TestClient, service: FakeService) -> None:
-    service.fail_with = RuntimeError("backend exploded")
-    assert_error(client.post("/v2/models/echo/infer", json=infer_json("INPUT0", "FP32", [1], [1])), 500, "backend exploded")
-    service.fail_with = ConchError("Exceeds maximum queue size", ErrorCode.UNAVAILABLE)
+def test_errors_of_execution_and_of_submission(client: TestClient, service: FakeService) -> None:
+    document = infer_json("INPUT0", "FP32", [1, 1], [1])
+    service.fail_with = ConchError(
+        "Failed to process the request(s) for model 'echo', message: boom", ErrorCode.INTERNAL
+    )
     assert_error(
-        client.post("/v2/models/echo/infer", json=infer_json("INPUT0", "FP32", [1], [1])), 503, "Exceeds maximum queue size"
+        client.post("/v2/models/echo/infer", json=document),
+        500,
+        "Failed to process the request(s) for model 'echo', message: boom",
+        TEXT,
+    )
+    service.fail_with = ConchError("Exceeds maximum queue size", ErrorCode.UNAVAILABLE)
+    assert_error(client.post("/v2/models/echo/infer", json=document), 503, "Exceeds maximum queue size")
+
+
+def test_unexpected_exception_is_a_500_and_the_server_lives_on(client: TestClient, service: FakeService) -> None:
+    def explode(request: InferenceRequest) -> None:
+        raise RuntimeError("scheduler exploded")
+
+    service.submit = explode  # type: ignore[assignment,method-assign]
+    assert_error(
+        client.post("/v2/models/echo/infer", json=infer_json("INPUT0", "FP32", [1], [1])), 500, "scheduler exploded"
     )
     assert client.get("/v2/health/live").status_code == 200
 
@@ -516,7 +589,9 @@ def test_infer_binary_in_and_out(client: TestClient) -> None:
 
 def test_header_name_is_case_insensitive(client: TestClient) -> None:
     data = np.arange(2, dtype=np.float32)
-    document = {"inputs": [{"name": "INPUT0", "datatype": "FP32", "shape": [1, 2], "parameters": {"binary_data_size": 8}}]}
+    document = {
+        "inputs": [{"name": "INPUT0", "datatype": "FP32", "shape": [1, 2], "parameters": {"binary_data_size": 8}}]
+    }
     content, headers = binary_body(document, data.tobytes())
     headers = {"inference-header-content-length": headers["Inference-Header-Content-Length"]}
     response = client.post("/v2/models/echo/infer", content=content, headers=headers)
@@ -555,7 +630,9 @@ def test_infer_binary_bytes_with_empty_and_non_utf8(client: TestClient) -> None:
 def test_infer_binary_datatypes(client: TestClient, model: str, datatype: str, array: np.ndarray) -> None:
     document = {
         "parameters": {"binary_data_output": True},
-        "inputs": [{"name": "INPUT0", "datatype": datatype, "shape": [3], "parameters": {"binary_data_size": array.nbytes}}],
+        "inputs": [
+            {"name": "INPUT0", "datatype": datatype, "shape": [3], "parameters": {"binary_data_size": array.nbytes}}
+        ],
     }
     content, headers = binary_body(document, array.tobytes())
     response = client.post(f"/v2/models/{model}/infer", content=content, headers=headers)
@@ -566,7 +643,9 @@ def test_infer_binary_datatypes(client: TestClient, model: str, datatype: str, a
 
 
 def test_infer_binary_byte_size_mismatch(client: TestClient) -> None:
-    document = {"inputs": [{"name": "INPUT0", "datatype": "FP32", "shape": [1, 3], "parameters": {"binary_data_size": 8}}]}
+    document = {
+        "inputs": [{"name": "INPUT0", "datatype": "FP32", "shape": [1, 3], "parameters": {"binary_data_size": 8}}]
+    }
     content, headers = binary_body(document, b"\0" * 8)
     assert_error(
         client.post("/v2/models/echo/infer", content=content, headers=headers),
@@ -583,6 +662,7 @@ def test_infer_header_length_out_of_range(client: TestClient) -> None:
         client.post("/v2/models/echo/infer", content=content, headers=headers),
         400,
         f"inference header size should be in range (0, {len(content)}), got: {len(content) + 1}",
+        TEXT,
     )
 
 
@@ -594,7 +674,9 @@ def test_raw_binary_request(client: TestClient) -> None:
     header, blob = split_binary(response)
     assert header["outputs"][0]["shape"] == [1, 8]
     assert blob == data.tobytes()
-    response = client.post("/v2/models/echo_one_string/infer", content=b"427", headers={"Inference-Header-Content-Length": "0"})
+    response = client.post(
+        "/v2/models/echo_one_string/infer", content=b"427", headers={"Inference-Header-Content-Length": "0"}
+    )
     header, blob = split_binary(response)
     assert blob[4:] == b"427"
 
@@ -633,7 +715,9 @@ def test_classification_output(client: TestClient) -> None:
 @pytest.mark.parametrize(("encoding", "pack"), [("gzip", gzip.compress), ("deflate", zlib.compress)])
 def test_compressed_request(client: TestClient, encoding: str, pack: Any) -> None:
     data = np.arange(4, dtype=np.float32)
-    document = {"inputs": [{"name": "INPUT0", "datatype": "FP32", "shape": [1, 4], "parameters": {"binary_data_size": 16}}]}
+    document = {
+        "inputs": [{"name": "INPUT0", "datatype": "FP32", "shape": [1, 4], "parameters": {"binary_data_size": 16}}]
+    }
     content, headers = binary_body(document, data.tobytes())
     headers["Content-Encoding"] = encoding
     response = client.post("/v2/models/echo/infer", content=pack(content), headers=headers)
@@ -644,7 +728,8 @@ def test_unsupported_request_encoding(client: TestClient) -> None:
     response = client.post(
         "/v2/models/echo/infer", json=infer_json("INPUT0", "FP32", [1], [1]), headers={"Content-Encoding": "br"}
     )
-    assert_error(response, 501, "Unsupported compression type")
+    assert_error(response, 501, "Unsupported compression type", TEXT)
+    assert response.headers["accept-encoding"] == "gzip, deflate"
 
 
 @pytest.mark.parametrize("accept", ["gzip", "deflate"])
@@ -652,7 +737,9 @@ def test_compressed_response(client: TestClient, accept: str) -> None:
     data = np.zeros(1000, dtype=np.float32)
     document = {
         "parameters": {"binary_data_output": True},
-        "inputs": [{"name": "INPUT0", "datatype": "FP32", "shape": [1, 1000], "parameters": {"binary_data_size": 4000}}],
+        "inputs": [
+            {"name": "INPUT0", "datatype": "FP32", "shape": [1, 1000], "parameters": {"binary_data_size": 4000}}
+        ],
     }
     content, headers = binary_body(document, data.tobytes())
     headers["Accept-Encoding"] = accept
@@ -711,7 +798,9 @@ def call_app(
 
 def test_body_in_many_chunks(service: FakeService) -> None:
     data = np.arange(1000, dtype=np.float32)
-    document = {"inputs": [{"name": "INPUT0", "datatype": "FP32", "shape": [1, 1000], "parameters": {"binary_data_size": 4000}}]}
+    document = {
+        "inputs": [{"name": "INPUT0", "datatype": "FP32", "shape": [1, 1000], "parameters": {"binary_data_size": 4000}}]
+    }
     content, headers = binary_body(document, data.tobytes())
     chunks = [content[i : i + 333] for i in range(0, len(content), 333)]
     for declared in (True, False):  # with Content-Length, and chunked (none)
@@ -746,7 +835,133 @@ def test_body_limit_applies_after_decompression(service: FakeService) -> None:
         service, "/v2/models/echo/infer", [packed], {"Content-Encoding": "gzip"}, max_input_size=2000
     )
     assert status == 400
-    assert json.loads(body)["error"].startswith("Decompressed data size exceeds the maximum allowed value of 2000 bytes")
+    assert json.loads(body)["error"].startswith(
+        "Decompressed data size exceeds the maximum allowed value of 2000 bytes"
+    )
+
+
+# -- captures from real Triton 2.51 (docs/dev/triton-observed.md), byte for byte ---------------
+
+IDENT_JSON = b'{"inputs": [{"name": "INPUT0", "shape": [1, 4], "datatype": "FP32", "data": [1.0, 2.0, 3.0, 4.0]}]}'
+IDENT_RESPONSE = (
+    b'{"model_name":"ident_fp32","model_version":"1","outputs":[{"name":"OUTPUT0","datatype":"FP32","shape":[1,4],'
+    b'"data":[1.0,2.0,3.0,4.0]}]}'
+)
+IDENT_BINARY = (
+    b'{"model_name":"ident_fp32","model_version":"1","outputs":[{"name":"OUTPUT0","datatype":"FP32","shape":[1,4],'
+    b'"parameters":{"binary_data_size":16}}]}\x00\x00\x80?\x00\x00\x00@\x00\x00@@\x00\x00\x80@'
+)
+IDENT_GZIP = (
+    b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\x03\xabV\xca\xcdOI\xcd\x89\xcfK\xccMU\xb2R\xcaLI\xcd+\x89O+06R"
+    b"\xd2\x81\xca\x94\xa5\x16\x15g\xe6\xe7\x01%\r\x81b\xf9\xa5%\x05\xa5%\xc5JV\xd1\xd5JP=\xfe\xa1!\x01\xa1!"
+    b'\x06@\xc9\x94\xc4\x92\xc4\x92\xca\x02\x90\xa0[\x00\xd8\x88\xe2\x8cD\x107\xdaP\xc7$\x16"\x0f\xe2\xe8'
+    b"\x19\xe8\x18\x01\xb11\x10\x9b\xe8\x19\xc4\xd6\xc6\xd6\x02\x00\x90\xd3\x06\x82\x87\x00\x00\x00"
+)
+
+
+@pytest.mark.parametrize(
+    ("body", "headers", "status", "content_type", "expected"),
+    [
+        (IDENT_JSON, {}, 200, JSON, IDENT_RESPONSE),
+        (
+            IDENT_JSON.replace(b"{", b'{"id": "my-req-42", ', 1),
+            {},
+            200,
+            JSON,
+            b'{"id":"my-req-42",' + IDENT_RESPONSE[1:],
+        ),
+        (IDENT_JSON.replace(b"{", b'{"id": "", ', 1), {}, 200, JSON, IDENT_RESPONSE),
+        (
+            IDENT_JSON.replace(b"{", b'{"parameters": {"binary_data_output": true}, ', 1),
+            {},
+            200,
+            OCTET_STREAM,
+            IDENT_BINARY,
+        ),
+        (
+            np.array([1, 2, 3, 4], np.float32).tobytes(),
+            {"Inference-Header-Content-Length": "0"},
+            200,
+            OCTET_STREAM,
+            IDENT_BINARY,
+        ),
+        (IDENT_JSON, {"Accept-Encoding": "gzip, deflate"}, 200, JSON, IDENT_GZIP),
+        (IDENT_JSON, {"Accept-Encoding": "gzip;q=0, identity"}, 200, JSON, IDENT_RESPONSE),
+        (IDENT_JSON, {"Accept-Encoding": "*"}, 200, JSON, IDENT_RESPONSE),
+        (
+            b"",
+            {},
+            400,
+            JSON,
+            b'{"error":"[request id: <id_unknown>] input byte size mismatch for input \'raw_input\' for model '
+            b"'ident_fp32'. Expected 16, got 0\"}",
+        ),
+        (
+            IDENT_JSON,
+            {"Inference-Header-Content-Length": "abc"},
+            400,
+            JSON,
+            b'{"error":"[request id: <id_unknown>] input byte size mismatch for input \'raw_input\' for model '
+            b"'ident_fp32'. Expected 16, got 99\"}",
+        ),
+        (
+            IDENT_JSON,
+            {"Content-Encoding": "gzip"},  # not actually gzip: inflates to nothing, a raw request
+            400,
+            JSON,
+            b'{"error":"[request id: <id_unknown>] input byte size mismatch for input \'raw_input\' for model '
+            b"'ident_fp32'. Expected 16, got 0\"}",
+        ),
+        (
+            np.array([1, 2, 3, 4], np.float32).tobytes(),
+            {},
+            500,
+            JSON,
+            b'{"error":"failed to parse the request JSON buffer: The document is empty. at 0"}',
+        ),
+        (
+            IDENT_JSON,
+            {"Inference-Header-Content-Length": "10"},
+            500,
+            JSON,
+            b'{"error":"failed to parse the request JSON buffer: Invalid value. at 10"}',
+        ),
+        (
+            IDENT_JSON.replace(b"}]}", b'}], "outputs": [{"name": "OUTPUT0", "parameters": {"classification": 2}}]}'),
+            {},
+            200,
+            JSON,
+            b'{"model_name":"ident_fp32","model_version":"1","outputs":[{"name":"OUTPUT0","datatype":"BYTES","shape":[1,2],'
+            b'"data":["4.000000:3","3.000000:2"]}]}',
+        ),
+        (
+            b'{"inputs": [{"name": "INPUT0", "shape": [1, 4], "datatype": "FP32", "parameters": {"binary_data_size": 12}}]}'
+            + b"\0" * 16,
+            {"Inference-Header-Content-Length": "109"},
+            400,
+            JSON,
+            b'{"error":"unexpected additional input data for model \'ident_fp32\'"}',
+        ),
+        (
+            IDENT_JSON,
+            {"Inference-Header-Content-Length": "199"},
+            400,
+            TEXT,
+            b'{"error":"inference header size should be in range (0, 99), got: 199"}',
+        ),
+    ],
+)
+def test_as_triton_answered(
+    service: FakeService, body: bytes, headers: dict[str, str], status: int, content_type: str, expected: bytes
+) -> None:
+    headers = dict(headers, **{"Content-Length": str(len(body))})
+    got_status, got_headers, got_body, _ = call_app(service, "/v2/models/ident_fp32/infer", [body], headers)
+    assert (got_status, got_headers["content-type"], got_body) == (status, content_type, expected)
+    assert got_headers["content-length"] == str(len(expected))
+    if content_type == OCTET_STREAM:
+        assert got_headers["inference-header-content-length"] == "147"
+    if expected == IDENT_GZIP:
+        assert got_headers["content-encoding"] == "gzip"
 
 
 # -- over a real socket: chunked transfer encoding and tritonclient ------------------------------
@@ -844,7 +1059,10 @@ def test_tritonclient(server: tuple[str, int]) -> None:
         inputs[0].set_data_from_numpy(half)
         np.testing.assert_array_equal(client.infer("echo_fp16", inputs).as_numpy("OUTPUT0"), half)
         with pytest.raises(InferenceServerException) as info:
-            client.infer("decoupled", [httpclient.InferInput("INPUT0", [1], "FP32").set_data_from_numpy(half[:1].astype(np.float32))])
+            client.infer(
+                "decoupled",
+                [httpclient.InferInput("INPUT0", [1], "FP32").set_data_from_numpy(half[:1].astype(np.float32))],
+            )
         assert info.value.status() == "501"
         assert "decoupled transaction policy" in info.value.message()
         assert [m["name"] for m in client.get_model_repository_index()][:1] == ["echo"]

@@ -10,7 +10,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-
 from conch._proto.model_config_pb2 import DataType, ModelConfig, ModelInput
 from conch.errors import ConchError, ErrorCode
 from conch.frontends.http import codec, compression, jsonio
@@ -53,7 +52,17 @@ def test_header_length_absent_means_whole_body() -> None:
 
 @pytest.mark.parametrize(
     ("value", "expected"),
-    [("0", 0), ("17", 17), (" 17", 17), ("+17", 17), ("17abc", 17), ("120", 120), ("abc", 0), ("", 0), ("4294967296", 0)],
+    [
+        ("0", 0),
+        ("17", 17),
+        (" 17", 17),
+        ("+17", 17),
+        ("17abc", 17),
+        ("120", 120),
+        ("abc", 0),
+        ("", 0),
+        ("4294967296", 0),
+    ],
 )
 def test_header_length_parses_like_atoi(value: str, expected: int) -> None:
     # Triton 2.51 reads the header with atoi: no digits is 0 (a raw binary request), and the value is
@@ -171,7 +180,12 @@ def test_json_data_ragged_nesting_still_counts_elements_in_order() -> None:
 @pytest.mark.parametrize(
     ("datatype", "data", "message", "code"),
     [
-        ("FP32", [1, 2, 3], "Unable to parse 'data': Shape does not match true shape of 'data' field", ErrorCode.INTERNAL),
+        (
+            "FP32",
+            [1, 2, 3],
+            "Unable to parse 'data': Shape does not match true shape of 'data' field",
+            ErrorCode.INTERNAL,
+        ),
         ("FP32", [1], "Unable to parse 'data': Shape does not match true shape of 'data' field", ErrorCode.INTERNAL),
         ("FP32", [1, True], "Unable to parse 'data': attempt to access JSON non-number as double", ErrorCode.INTERNAL),
         ("FP32", [1, "2"], "Unable to parse 'data': attempt to access JSON non-number as double", ErrorCode.INTERNAL),
@@ -193,7 +207,12 @@ def test_json_data_ragged_nesting_still_counts_elements_in_order() -> None:
             "Unable to parse 'data': attempt to access JSON non-unsigned-integer as unsigned-integer",
             ErrorCode.INTERNAL,
         ),
-        ("BOOL", [True, 1], "Unable to parse 'data': attempt to access JSON non-boolean as boolean", ErrorCode.INTERNAL),
+        (
+            "BOOL",
+            [True, 1],
+            "Unable to parse 'data': attempt to access JSON non-boolean as boolean",
+            ErrorCode.INTERNAL,
+        ),
         (
             "FP16",
             [1, 2],
@@ -236,7 +255,10 @@ def test_json_nesting_depth_limit() -> None:
     )
     assert json_data("BYTES", nested(50, "hello"), [1, 1]).tolist() == [b"hello"]
     error = error_of(json_data, "BYTES", nested(120, "hello"), [1, 1])
-    assert (error.message, error.code) == ("JSON nesting depth exceeds maximum allowed limit (100)", ErrorCode.INVALID_ARG)
+    assert (error.message, error.code) == (
+        "JSON nesting depth exceeds maximum allowed limit (100)",
+        ErrorCode.INVALID_ARG,
+    )
 
 
 def test_json_bytes_elements_are_utf8_bytes_including_empty() -> None:
@@ -309,8 +331,18 @@ def test_binary_inputs_are_zero_copy_slices_of_the_body() -> None:
 @pytest.mark.parametrize(
     ("document", "blobs", "message", "code"),
     [
-        ({"id": 5, "inputs": []}, b"", "Unable to parse 'id': attempt to access JSON non-string as string", ErrorCode.INTERNAL),
-        ({}, b"", "Unable to parse 'inputs': attempt to access non-existing object member 'inputs'", ErrorCode.INTERNAL),
+        (
+            {"id": 5, "inputs": []},
+            b"",
+            "Unable to parse 'id': attempt to access JSON non-string as string",
+            ErrorCode.INTERNAL,
+        ),
+        (
+            {},
+            b"",
+            "Unable to parse 'inputs': attempt to access non-existing object member 'inputs'",
+            ErrorCode.INTERNAL,
+        ),
         (
             {"parameters": {"triton_enable_x": True}, "inputs": []},
             b"",
@@ -355,7 +387,11 @@ def test_binary_inputs_are_zero_copy_slices_of_the_body() -> None:
             ErrorCode.INVALID_ARG,
         ),
         (
-            {"inputs": [{"name": "I", "shape": [1], "datatype": "FP32", "data": [1], "parameters": {"binary_data_size": 4}}]},
+            {
+                "inputs": [
+                    {"name": "I", "shape": [1], "datatype": "FP32", "data": [1], "parameters": {"binary_data_size": 4}}
+                ]
+            },
             b"",
             "Input must set only one of the following fields: 'data', 'binary_data_size' in 'parameters', "
             "'shared_memory_region' in 'parameters'. But set 'data' 'binary_data_size'",
@@ -439,7 +475,10 @@ def test_binary_inputs_are_zero_copy_slices_of_the_body() -> None:
             ErrorCode.INTERNAL,
         ),
         (
-            {"inputs": [], "outputs": [{"name": "O", "parameters": {"shared_memory_region": "r", "classification": 1}}]},
+            {
+                "inputs": [],
+                "outputs": [{"name": "O", "parameters": {"shared_memory_region": "r", "classification": 1}}],
+            },
             b"",
             "Output can't set both 'shared_memory_region' and 'classification'",
             ErrorCode.INVALID_ARG,
@@ -534,7 +573,9 @@ def test_encode_json_response_in_tritons_key_order() -> None:
     out = Tensor("OUT", "FP32", np.array([[0.1, 2], [3, 4]], dtype=np.float32))
     encoded = codec.encode_infer_response(response_of(out), decoded)
     assert not encoded.has_binary
-    assert encoded.header.startswith(b'{"model_name":"m","model_version":"3","outputs":[{"name":"OUT","datatype":"FP32"')
+    assert encoded.header.startswith(
+        b'{"model_name":"m","model_version":"3","outputs":[{"name":"OUT","datatype":"FP32"'
+    )
     body = parsed_header(encoded)
     assert "id" not in body
     assert body["outputs"][0]["shape"] == [2, 2]
@@ -570,7 +611,9 @@ def test_encode_binary_outputs_follow_the_header_in_order() -> None:
 def test_binary_data_output_is_the_default_for_unlisted_outputs() -> None:
     decoded = decode({"parameters": {"binary_data_output": True}, "inputs": [], "outputs": [{"name": "J"}]})
     decoded.output_options["J"].binary = False
-    response = response_of(Tensor("J", "INT8", np.array([1], dtype=np.int8)), Tensor("K", "INT8", np.array([2], np.int8)))
+    response = response_of(
+        Tensor("J", "INT8", np.array([1], dtype=np.int8)), Tensor("K", "INT8", np.array([2], np.int8))
+    )
     body = parsed_header(codec.encode_infer_response(response, decoded))
     assert body["outputs"][0]["data"] == [1]
     assert body["outputs"][1]["parameters"] == {"binary_data_size": 1}

@@ -21,6 +21,7 @@ from conch.backend import Backend, InstanceContext, ModelContext
 from conch.errors import ConchError, ErrorCode
 from conch.inference import InferenceRequest
 from conch.scheduling import DefaultScheduler, InstanceRunner, Scheduler
+from conch.stats import ModelStats
 from conch.tensors import config_to_protocol
 from conch.validation import Signature, validate
 
@@ -71,6 +72,7 @@ class ModelVersion:
         self.runners: list[InstanceRunner] = []
         self.scheduler: Scheduler | None = None
         self.load_seconds = 0.0
+        self.stats = ModelStats()
 
     def is_ready(self) -> bool:
         return self.state is ModelState.READY and all(runner.is_ready() for runner in self.runners)
@@ -114,7 +116,7 @@ class ModelVersion:
         """Create every instance (in parallel) and start the scheduler."""
         started = time.monotonic()
         assert self.backend is not None
-        self.runners = [InstanceRunner(self.backend, ctx) for ctx in self._instance_contexts(model_dir, settings)]
+        self.runners = [InstanceRunner(self.backend, ctx, self.stats) for ctx in self._instance_contexts(model_dir, settings)]
         results = await asyncio.gather(*(runner.create() for runner in self.runners), return_exceptions=True)
         errors = [r for r in results if isinstance(r, BaseException)]
         if errors:
@@ -350,6 +352,21 @@ class ModelManager:
                     row.update({"state": entry.state.value, "reason": entry.reason})
                 rows.append(row)
         return rows
+
+    def statistics(self, name: str = "", version: int = -1) -> list[dict[str, Any]]:
+        """Triton's ``model_stats`` list: every loaded version, or one model's (a version, or all)."""
+        if not name:
+            chosen = [mv for e in self.entries.values() for mv in e.versions.values() if mv.state is ModelState.READY]
+        else:
+            entry = self.entries.get(name)
+            ready = [mv for mv in (entry.versions.values() if entry else ()) if mv.state is ModelState.READY]
+            if version != -1:
+                ready = [mv for mv in ready if mv.version == version]
+            if not ready:
+                raise ConchError(f"requested model '{name}' is not available", ErrorCode.INVALID_ARG)
+            chosen = ready
+        chosen.sort(key=lambda mv: (mv.name, mv.version))
+        return [mv.stats.as_dict(mv.name, mv.label) for mv in chosen]
 
     def table(self) -> list[tuple[str, str, str]]:
         """(Model, Version, Status) rows for the start-up table."""

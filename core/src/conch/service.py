@@ -24,6 +24,7 @@ EXTENSIONS = [
     "model_configuration",
     "binary_tensor_data",
     "parameters",
+    "statistics",
 ]
 
 
@@ -94,6 +95,10 @@ class InferenceService:
 
     def model_config(self, name: str, version: str | int | None = "") -> ModelConfig:
         return self.model(name, version).config
+
+    def model_statistics(self, name: str = "", version: str | int | None = "") -> dict[str, Any]:
+        """``{"model_stats": [...]}`` for every ready model, or one model (one version or all)."""
+        return {"model_stats": self.models.statistics(name, parse_version(version))}
 
     def repository_index(self, ready_only: bool = False) -> list[dict[str, str]]:
         return self.models.index(ready_only)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
@@ -13,6 +14,7 @@ import numpy as np
 from conch.backend import Backend, Batching, InstanceContext, ModelInstance
 from conch.errors import ConchError, ErrorCode
 from conch.inference import InferenceRequest, InferenceResponse, Tensor
+from conch.stats import ModelStats
 from conch.tensors import config_to_protocol
 
 log = logging.getLogger("conch.scheduling")
@@ -21,8 +23,9 @@ log = logging.getLogger("conch.scheduling")
 class InstanceRunner:
     """One instance of a model version and the thread it executes on."""
 
-    def __init__(self, backend: Backend, context: InstanceContext) -> None:
+    def __init__(self, backend: Backend, context: InstanceContext, stats: ModelStats | None = None) -> None:
         self.backend = backend
+        self.stats = stats or ModelStats()
         self.context = context
         self.name = context.name
         self.instance: ModelInstance | None = None
@@ -48,21 +51,39 @@ class InstanceRunner:
         """Execute a batch and deliver every request's response (errors included)."""
         assert self.instance is not None
         self.busy = True
+        start = time.monotonic_ns()
+        self._timing = [0, 0, 0]  # compute input, infer, output (ns)
+        ok = True
         try:
             if self._concatenate:
                 await self._run_concatenated(requests)
             else:
                 await self._run_requests(requests)
         except ConchError as exc:
+            ok = False
             for request in requests:
                 request.respond(InferenceResponse(error=exc))
         except Exception as exc:  # noqa: BLE001 - a backend failure fails its batch, never the server
+            ok = False
             log.exception("model instance '%s' failed to execute", self.name)
             error = ConchError(str(exc) or type(exc).__name__, ErrorCode.INTERNAL)
             for request in requests:
                 request.respond(InferenceResponse(error=error))
         finally:
             self.busy = False
+        self._record(requests, start, ok)
+
+    def _record(self, requests: list[InferenceRequest], start: int, ok: bool) -> None:
+        stats = self.stats
+        end = time.monotonic_ns()
+        if ok:
+            batch = sum(max(r.batch_size, 1) for r in requests)
+            compute_input, compute_infer, compute_output = self._timing
+            if not compute_infer:
+                compute_infer = end - start - compute_input - compute_output
+            stats.record_execution(batch, len(requests), compute_input, compute_infer, compute_output)
+        for request in requests:
+            stats.record_request(ok, end - request.arrival_ns, start - request.arrival_ns)
 
     async def _call(self, function: Callable[..., object], *args: object) -> object:
         if self._is_async:
@@ -72,7 +93,9 @@ class InstanceRunner:
 
     async def _run_requests(self, requests: list[InferenceRequest]) -> None:
         assert self.instance is not None
+        begin = time.monotonic_ns()
         responses = await self._call(self.instance.execute, requests)
+        self._timing[1] = time.monotonic_ns() - begin
         if responses is None:
             return  # the backend responds through request.respond (decoupled)
         if not isinstance(responses, list) or len(responses) != len(requests):
@@ -86,6 +109,7 @@ class InstanceRunner:
 
     async def _run_concatenated(self, requests: list[InferenceRequest]) -> None:
         assert self.instance is not None
+        begin = time.monotonic_ns()
         if len(requests) == 1:
             inputs = {name: request_input for name, request_input in _arrays(requests[0]).items()}
         else:
@@ -96,8 +120,14 @@ class InstanceRunner:
             for name in request.requested_output_names():
                 if name not in wanted:
                     wanted.append(name)
+        infer_start = time.monotonic_ns()
         outputs = await self._call(self.instance.execute_batch, inputs, wanted)
-        assert isinstance(outputs, dict)
+        infer_end = time.monotonic_ns()
+        if not isinstance(outputs, dict):
+            raise ConchError(
+                f"model instance '{self.name}' returned {type(outputs).__name__}, expected a dict of outputs",
+                ErrorCode.INTERNAL,
+            )
         offset = 0
         for request in requests:
             rows = max(request.batch_size, 1)
@@ -109,6 +139,7 @@ class InstanceRunner:
                 tensors.append(Tensor(name, self._output_types.get(name, "FP32"), part))
             offset += rows
             request.respond(InferenceResponse(outputs=tensors))
+        self._timing = [infer_start - begin, infer_end - infer_start, time.monotonic_ns() - infer_end]
 
     async def unload(self) -> None:
         """Release the instance on its own thread, then end the thread."""

@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import grpc
+from google.protobuf import json_format
 
 from conch._proto import grpc_service_pb2 as pb
 from conch.errors import ConchError, ErrorCode
@@ -127,6 +128,13 @@ class GRPCInferenceServicer:
         response.config.CopyFrom(config)
         return response
 
+    @_rpc
+    async def ModelStatistics(
+        self, request: pb.ModelStatisticsRequest, context: Any
+    ) -> pb.ModelStatisticsResponse:
+        stats = self.service.model_statistics(request.name, codec.parse_version(request.version))
+        return json_format.ParseDict(stats, pb.ModelStatisticsResponse())
+
     # -- repository ------------------------------------------------------------------------------
 
     @_rpc
@@ -230,7 +238,6 @@ class GRPCInferenceServicer:
 
     # -- not implemented -----------------------------------------------------------------------
 
-    ModelStatistics = _unsupported("statistics")
     SystemSharedMemoryStatus = _unsupported("system shared memory")
     SystemSharedMemoryRegister = _unsupported("system shared memory")
     SystemSharedMemoryUnregister = _unsupported("system shared memory")
