@@ -7,8 +7,8 @@ import asyncio
 import json
 import logging
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from conch import log as conch_log
 from conch.models import ManagerOptions
@@ -61,7 +61,7 @@ def _add_bool(parser: argparse.ArgumentParser, flag: str, default: bool, help_te
     parser.add_argument(flag, type=_bool, nargs="?", const=True, default=default, metavar="BOOL", help=help_text)
 
 
-def _serve_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # type: ignore[type-arg]
+def _serve_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = sub.add_parser("serve", help="serve Triton model repositories over HTTP/REST and gRPC")
     p.add_argument("--model-repository", "--model-store", dest="model_repository", action="append", default=[],
                    metavar="PATH", help="model repository (repeatable)")
@@ -167,14 +167,13 @@ def _serve_options(ns: argparse.Namespace) -> ServerOptions:
 
 
 def _run_serve(options: ServerOptions) -> int:
+    """Serve on uvloop where it is installed, else on asyncio's default loop."""
+    server = Server(options)
     try:
         import uvloop
-
-        runner = uvloop.run
     except ImportError:
-        runner = asyncio.run
-    server = Server(options)
-    return runner(server.run())
+        return asyncio.run(server.run())
+    return uvloop.run(server.run())
 
 
 def _run_check(ns: argparse.Namespace) -> int:

@@ -11,7 +11,8 @@ when ``docs/plugins.md`` does not document it.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import pluggy
 

@@ -101,7 +101,7 @@ class ModelVersion:
 
     def _instance_contexts(self, model_dir: Path, settings: dict[str, str]) -> list[InstanceContext]:
         model = ModelContext(self.name, self.version, model_dir, self.config, settings)
-        contexts = []
+        contexts: list[InstanceContext] = []
         for group in self.config.instance_group:
             kind = KIND_NAMES.get(group.kind, "CPU")
             devices = list(group.gpus) if kind == "GPU" and group.gpus else [0]

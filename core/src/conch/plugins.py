@@ -125,7 +125,7 @@ class Plugins:
         for impl in reversed(self.pm.hook.conch_register_backends.get_hookimpls()):
             record = self._record_for(impl.plugin_name)
             try:
-                provided = impl.function() or []
+                provided: list[Any] = list(impl.function() or [])  # type: ignore[call-overload]
             except Exception as exc:  # noqa: BLE001
                 if record:
                     record.status = "failed"

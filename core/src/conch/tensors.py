@@ -8,8 +8,9 @@ them.
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 
@@ -149,7 +150,7 @@ def to_raw(dt: DataType, array: np.ndarray) -> bytes | memoryview:
     elif array.dtype != dt.numpy:
         array = array.astype(dt.numpy)
     array = np.ascontiguousarray(array)
-    return memoryview(array).cast("B")
+    return memoryview(array).cast("B")  # type: ignore[arg-type]
 
 
 def raw_byte_size(dt: DataType, array: np.ndarray) -> int:

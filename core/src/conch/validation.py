@@ -113,13 +113,14 @@ def validate(request: InferenceRequest, sig: Signature) -> None:
         _check_shape(request, sig, spec, tensor.shape, shape)
         _materialise(request, tensor, spec, model)
         if spec.reshape is not None:
+            assert isinstance(tensor.data, np.ndarray)
             tensor.data = tensor.data.reshape(_reshaped(spec, shape, tensor.shape[0] if batched else None))
 
 
 def _reshaped(spec: InputSpec, shape: list[int], batch: int | None) -> list[int]:
     """The shape the backend sees for an input with ``reshape``: variable dims carried over in order."""
     assert spec.reshape is not None
-    variable = [got for want, got in zip(spec.dims, shape) if want == -1]
+    variable = [got for want, got in zip(spec.dims, shape, strict=False) if want == -1]
     out = [variable.pop(0) if dim == -1 else dim for dim in spec.reshape]
     return ([batch] if batch is not None else []) + out
 
@@ -129,7 +130,7 @@ def _check_shape(
 ) -> None:
     match = len(spec.dims) == len(shape)
     if match:
-        for want, got in zip(spec.dims, shape):
+        for want, got in zip(spec.dims, shape, strict=False):
             if got == -1:
                 raise _error(
                     request,

@@ -6,8 +6,8 @@ import asyncio
 import inspect
 import logging
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable
 
 import numpy as np
 
@@ -104,7 +104,7 @@ class InstanceRunner:
                 f"model instance '{self.name}' returned {got} responses for {len(requests)} requests",
                 ErrorCode.INTERNAL,
             )
-        for request, response in zip(requests, responses):
+        for request, response in zip(requests, responses, strict=False):
             request.respond(response)
 
     async def _run_concatenated(self, requests: list[InferenceRequest]) -> None:
