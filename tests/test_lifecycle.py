@@ -271,3 +271,85 @@ def test_version_policy_and_ignored_version_folders(tmp_path: Path) -> None:
         assert requests.get(f"{srv.base}/v2/models/specific/versions/3/ready").status_code == 200
     finally:
         srv.stop()
+
+
+def test_several_repositories_and_duplicate_names(tmp_path: Path) -> None:
+    one, two = tmp_path / "one", tmp_path / "two"
+    write_model(one, "a", identity_config("a"))
+    write_model(two, "b", identity_config("b"))
+    write_model(one, "dup", identity_config("dup"))
+    write_model(two, "dup", identity_config("dup"))
+    srv = start_server([one, two], tmp_path, "--exit-on-error=false", wait_ready=False)
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and requests.get(srv.base + "/v2/models/b/ready").status_code != 200:
+            time.sleep(0.1)
+        assert requests.get(srv.base + "/v2/models/a/ready").status_code == 200
+        assert requests.get(srv.base + "/v2/models/b/ready").status_code == 200
+        assert requests.get(srv.base + "/v2/models/dup/ready").status_code == 400
+        index = {row["name"]: row for row in requests.post(srv.base + "/v2/repository/index").json()}
+        assert index["dup"]["state"] == "UNAVAILABLE"
+        assert str(one / "dup") in index["dup"]["reason"] and str(two / "dup") in index["dup"]["reason"]
+    finally:
+        srv.stop()
+
+
+def test_auto_complete_from_a_backend_and_disabling_it(tmp_path: Path) -> None:
+    site = tmp_path / "site"
+    site.mkdir()
+    _write_plugin(
+        site,
+        "autofill_plugin",
+        """
+        import conch
+        from conch._proto import model_config_pb2 as mc
+
+        class Echo(conch.ModelInstance):
+            def __init__(self, context):
+                pass
+
+            def execute_batch(self, inputs, output_names):
+                return {"y": inputs["x"] * 2}
+
+        class AutofillBackend(conch.Backend):
+            name = "autofill"
+            batching = conch.Batching.CONCATENATE
+
+            def auto_complete_config(self, context):
+                config = context.config
+                if not config.input:
+                    config.max_batch_size = 4
+                    config.input.add(name="x", data_type=mc.TYPE_FP32, dims=[3])
+                    config.output.add(name="y", data_type=mc.TYPE_FP32, dims=[3])
+
+            def create_instance(self, context):
+                return Echo(context)
+
+        @conch.hookimpl
+        def conch_register_backends():
+            return [AutofillBackend()]
+        """,
+    )
+    repo = tmp_path / "repo"
+    write_model(repo, "auto", 'backend: "autofill"\n')
+    env = {"PYTHONPATH": str(site)}
+    srv = start_server([repo], tmp_path, env=env)
+    try:
+        meta = requests.get(srv.base + "/v2/models/auto").json()
+        assert meta["inputs"] == [{"name": "x", "datatype": "FP32", "shape": [-1, 3]}]
+        out = requests.post(srv.base + "/v2/models/auto/infer", json={
+            "inputs": [{"name": "x", "shape": [1, 3], "datatype": "FP32", "data": [1, 2, 3]}]}).json()
+        assert out["outputs"][0]["data"] == [2.0, 4.0, 6.0]
+    finally:
+        srv.stop()
+    for flag in ("--disable-auto-complete-config", "--strict-model-config=true"):
+        # Without auto-complete the config is taken as written: no inputs, so 'x' is unknown.
+        srv = start_server([repo], tmp_path, flag, env=env)
+        try:
+            assert requests.get(srv.base + "/v2/models/auto").json()["inputs"] == []
+            r = requests.post(srv.base + "/v2/models/auto/infer", json={
+                "inputs": [{"name": "x", "shape": [3], "datatype": "FP32", "data": [1, 2, 3]}]})
+            assert r.status_code == 400
+            assert "'x'" in r.json()["error"], r.json()
+        finally:
+            srv.stop()
