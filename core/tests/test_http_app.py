@@ -21,12 +21,13 @@ from typing import Any
 
 import numpy as np
 import pytest
+from starlette.testclient import TestClient
+
 from conch._proto.model_config_pb2 import DataType, ModelConfig, ModelInput, ModelOutput
 from conch.errors import ConchError, ErrorCode
 from conch.frontends.http import create_app
 from conch.inference import InferenceRequest, InferenceResponse, ResponseStream, Tensor
 from conch.validation import Signature, validate
-from starlette.testclient import TestClient
 
 # -- the fake service ------------------------------------------------------------------------------
 
@@ -94,6 +95,7 @@ class FakeService:
         self.requests: list[InferenceRequest] = []
         self.calls: list[tuple[Any, ...]] = []
         self.fail_with: Exception | None = None
+        self.hold = False  # leave requests unanswered
 
     def is_live(self) -> bool:
         return self.live
@@ -125,6 +127,12 @@ class FakeService:
     def model_config(self, name: str, version: str | int | None = "") -> ModelConfig:
         return self.model(name, version).config
 
+    def model_statistics(self, name: str = "", version: str | int | None = "") -> dict[str, Any]:
+        if name and name not in self.models:
+            raise ConchError(f"requested model '{name}' is not available", ErrorCode.INVALID_ARG)
+        names = [name] if name else sorted(self.models)
+        return {"model_stats": [{"name": n, "version": "1", "inference_count": 0} for n in names]}
+
     def repository_index(self, ready_only: bool = False) -> list[dict[str, str]]:
         self.calls.append(("index", ready_only))
         return [{"name": name, "version": "1", "state": "READY"} for name in self.models]
@@ -149,6 +157,8 @@ class FakeService:
         request.version_label = str(model.version)
         request.stream = ResponseStream()
         self.requests.append(request)
+        if self.hold:
+            return request.stream
         if self.fail_with is not None:  # an execution error: arrives as the response
             error = self.fail_with if isinstance(self.fail_with, ConchError) else ConchError(str(self.fail_with))
             request.fail(error.message, error.code)
@@ -320,8 +330,6 @@ def test_unknown_routes(client: TestClient, path: str) -> None:
 @pytest.mark.parametrize(
     ("method", "path", "status", "message"),
     [
-        ("GET", "/v2/models/stats", 503, "the server does not support model statistics"),
-        ("GET", "/v2/models/echo/versions/1/stats", 503, "the server does not support model statistics"),
         ("GET", "/v2/trace/setting", 503, "the server does not support tracing"),
         ("POST", "/v2/models/echo/trace/setting", 503, "the server does not support tracing"),
         ("GET", "/v2/logging", 503, "the server does not support dynamic logging"),
@@ -353,6 +361,33 @@ def test_features_conch_does_not_have_yet(
     client: TestClient, method: str, path: str, status: int, message: str
 ) -> None:
     assert_error(client.request(method, path), status, message)
+
+
+def test_statistics(client: TestClient, service: FakeService) -> None:
+    assert [row["name"] for row in client.get("/v2/models/stats").json()["model_stats"]][:1] == ["classes"]
+    assert client.get("/v2/models/echo/versions/1/stats").json() == {
+        "model_stats": [{"name": "echo", "version": "1", "inference_count": 0}]
+    }
+    assert_error(client.get("/v2/models/nope/stats"), 400, "requested model 'nope' is not available")
+
+
+class WithoutStatistics:
+    """A service without ``model_statistics``."""
+
+    def __init__(self, inner: FakeService) -> None:
+        self._inner = inner
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "model_statistics":
+            raise AttributeError(name)
+        return getattr(self._inner, name)
+
+
+def test_statistics_missing_from_the_service(service: FakeService) -> None:
+    with TestClient(create_app(WithoutStatistics(service))) as client:  # type: ignore[arg-type]
+        # Answered as a Triton built without statistics answers.
+        assert_error(client.get("/v2/models/stats"), 503, "the server does not support model statistics")
+        assert_error(client.get("/v2/models/echo/stats"), 503, "the server does not support model statistics")
 
 
 def test_shared_memory_has_no_regions(client: TestClient) -> None:
@@ -838,6 +873,26 @@ def test_body_limit_applies_after_decompression(service: FakeService) -> None:
     assert json.loads(body)["error"].startswith(
         "Decompressed data size exceeds the maximum allowed value of 2000 bytes"
     )
+
+
+def test_client_hanging_up_cancels_the_request(service: FakeService) -> None:
+    service.hold = True
+    app = create_app(service)  # type: ignore[arg-type]
+    sent: list[dict[str, Any]] = []
+    messages = [{"type": "http.request", "body": IDENT_JSON, "more_body": False}, {"type": "http.disconnect"}]
+
+    async def receive() -> dict[str, Any]:
+        if len(messages) == 1:
+            await asyncio.sleep(0.05)  # the client hangs up while the request waits
+        return messages.pop(0)
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "method": "POST", "path": "/x", "raw_path": b"/v2/models/ident_fp32/infer", "headers": []}
+    asyncio.run(asyncio.wait_for(app(scope, receive, send), 5))  # type: ignore[arg-type]
+    assert sent == []
+    assert service.requests[0].stream is not None and service.requests[0].stream.cancelled
 
 
 # -- captures from real Triton 2.51 (docs/dev/triton-observed.md), byte for byte ---------------

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+
 from conch._proto.model_config_pb2 import DataType, ModelConfig, ModelInput
 from conch.errors import ConchError, ErrorCode
 from conch.frontends.http import codec, compression, jsonio
@@ -656,6 +657,16 @@ def test_json_non_finite_floats_as_rapidjson_writes_them() -> None:
     array = np.array([np.nan, np.inf, -np.inf, 1], dtype=np.float32)
     encoded = codec.encode_infer_response(response_of(Tensor("F", "FP32", array)), decode({"inputs": []}))
     assert b'"data":[NaN,Infinity,-Infinity,1.0]' in encoded.header
+
+
+def test_json_floats_written_as_rapidjson_writes_them() -> None:
+    values = [1e-7, 1.5e-6, 1e-5, 0.1, 1e15, 1.5e16, 1e20, 1e21, 3.0000000054977558e38, -2.5e-8, 0.0, -0.0, 1.0]
+    encoded = codec.encode_infer_response(response_of(Tensor("F", "FP64", np.array(values))), decode({"inputs": []}))
+    assert encoded.header.endswith(
+        b'"data":[1e-7,0.0000015,0.00001,0.1,1000000000000000.0,15000000000000000.0,100000000000000000000.0,1e21,'
+        b"3.0000000054977558e38,-2.5e-8,0.0,-0.0,1.0]}]}"
+    )
+    assert json.loads(encoded.header)["outputs"][0]["data"] == values
 
 
 def test_bytes_response_parameter_is_unsupported() -> None:

@@ -12,6 +12,7 @@ Only successful inference responses are compressed, as in Triton.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import logging
 import re
@@ -24,6 +25,7 @@ from starlette.types import Message, Receive, Scope, Send
 
 from conch.errors import ConchError, ErrorCode
 from conch.frontends.http import codec, compression, jsonio
+from conch.inference import InferenceResponse, ResponseStream
 
 if TYPE_CHECKING:
     from conch.service import InferenceService
@@ -45,9 +47,9 @@ _CUDA_SHM = re.compile(r"/v2/cudasharedmemory(?:/region/([^/]+))?/(status|regist
 _REPOSITORY = re.compile(r"/v2/repository(?:/([^/]+))?/(index|models/([^/]+)/(load|unload))")
 _TRACE = re.compile(r"/v2/trace/setting")
 
-#: Triton features Conch does not have yet. Statistics, tracing and logging answer as a Triton built
-#: without them does (UNAVAILABLE, Triton's texts); the others, which Triton cannot be built without,
-#: as UNSUPPORTED naming the feature.
+#: Triton features Conch does not have (yet). Statistics (for a service without them), tracing and
+#: logging answer as a Triton built without them does (UNAVAILABLE, Triton's texts); the others, which
+#: Triton cannot be built without, as UNSUPPORTED naming the feature.
 MISSING_FEATURES = {
     "statistics": ConchError("the server does not support model statistics", ErrorCode.UNAVAILABLE),
     "trace": ConchError("the server does not support tracing", ErrorCode.UNAVAILABLE),
@@ -132,7 +134,7 @@ class HTTPApp:
         path = _raw_path(scope)
         method = scope["method"]
         if path == "/v2/models/stats":
-            return _missing(method, ("GET",), "statistics")
+            return self._statistics(method, "", "")
         if path == "/v2/logging":
             return _missing(method, ("GET", "POST"), "logging")
         match = _MODEL.fullmatch(path)
@@ -159,7 +161,7 @@ class HTTPApp:
             if kind in ("generate", "generate_stream"):
                 return _missing(method, ("POST",), "generate")
             if kind == "stats":
-                return _missing(method, ("GET",), "statistics")
+                return self._statistics(method, name, version_text)
             if kind == "trace/setting" and not version_text:
                 return _missing(method, ("GET", "POST"), "trace")
         if path == "/v2":
@@ -186,6 +188,13 @@ class HTTPApp:
             _allow(method, "GET")
             return json_response({"plugins": self.service.plugin_list()})
         raise _Reply("Not Found", 404, TEXT)
+
+    def _statistics(self, method: str, name: str, version_text: str) -> Response:
+        statistics = getattr(self.service, "model_statistics", None)
+        if statistics is None:
+            return _missing(method, ("GET",), "statistics")
+        _allow(method, "GET")
+        return json_response(statistics(name, _version(version_text)))
 
     # -- inference -----------------------------------------------------------------------------------
 
@@ -215,7 +224,7 @@ class HTTPApp:
         stream = self.service.submit(decoded.request)
         # Errors of the response (execution, encoding) are plain again.
         try:
-            response = await stream.next()
+            response = await _response_or_disconnect(stream, receive)
             if response.error is not None:
                 raise response.error
             encoded = codec.encode_infer_response(
@@ -322,6 +331,30 @@ class HTTPApp:
 
 
 # -- helpers ----------------------------------------------------------------------------------------
+
+
+async def _response_or_disconnect(stream: ResponseStream, receive: Receive) -> InferenceResponse:
+    """The request's response; a client that hangs up first cancels the request, as in Triton."""
+    hangup = asyncio.get_running_loop().create_task(_disconnected(receive))
+
+    def on_hangup(task: asyncio.Task[bool]) -> None:
+        if not task.cancelled() and task.exception() is None and task.result():
+            stream.cancelled = True  # the scheduler drops it if still queued
+            stream.fail(ConchError("Request was cancelled", ErrorCode.CANCELLED))
+
+    hangup.add_done_callback(on_hangup)
+    try:
+        response = await stream.next()
+    finally:
+        hangup.cancel()
+    if stream.cancelled:
+        raise _ClientGone
+    return response
+
+
+async def _disconnected(receive: Receive) -> bool:
+    """Whether the next message after the body says the client went away (servers send nothing else)."""
+    return bool((await receive())["type"] == "http.disconnect")
 
 
 def _raw_path(scope: Scope) -> str:

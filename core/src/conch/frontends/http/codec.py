@@ -37,9 +37,6 @@ _TRITON_PREFIX_ERROR = (
     "parameter keys starting with 'triton_' are reserved for Triton usage and should not be specified."
 )
 
-#: Request parameters the protocol reserves; they are kept in ``request.parameters`` under these names.
-SCHEDULING_PARAMETERS = ("sequence_id", "sequence_start", "sequence_end", "priority", "timeout")
-
 
 @dataclass(slots=True)
 class OutputOptions:
@@ -199,7 +196,11 @@ def decode_infer_request(
 
 
 def _decode_parameters(params: Any, out: dict[str, Any]) -> bool:
-    """Request parameters into ``out``; returns ``binary_data_output``."""
+    """Request parameters into ``out``; returns ``binary_data_output``.
+
+    The scheduling ones (``sequence_id``, ``sequence_start``, ``sequence_end``, ``priority``,
+    ``timeout``) are checked as Triton checks them and kept under their own names.
+    """
     if not isinstance(params, dict):
         raise _internal("failed to get request params.: attempt to get members for non-object")
     binary_default = False
@@ -588,9 +589,7 @@ def _json_output(head: dict[str, Any], dt: tensors.DataType, array: np.ndarray) 
     flat = np.ascontiguousarray(array.astype(np.bool_ if dt.name == "BOOL" else dt.numpy, copy=False)).reshape(-1)
     if dt.name in ("FP32", "FP64"):
         flat = flat.astype(np.float64, copy=False)  # Triton writes FP32 values as doubles
-        if not np.isfinite(flat).all():
-            head["data"] = flat.tolist()
-            return jsonio.dumps_slow(head)
+        return b"".join((jsonio.dumps(head)[:-1], b',"data":', jsonio.float_array(flat), b"}"))
     head["data"] = flat
     return jsonio.dumps(head)
 

@@ -13,6 +13,7 @@ import json
 import re
 from typing import Any
 
+import numpy as np
 import orjson
 
 from conch.errors import ConchError, ErrorCode
@@ -70,6 +71,64 @@ def _default(value: Any) -> Any:
     if tolist is not None:
         return tolist()
     raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+
+_EXPONENT = re.compile(rb"(-?)([0-9])(?:\.([0-9]+))?e([+-]?)([0-9]+)")
+
+
+def float_array(values: np.ndarray) -> bytes:
+    """A flat float64 array as a JSON array, each number as RapidJSON (Triton) writes it.
+
+    RapidJSON uses plain notation for 1e-6 <= |v| < 1e21 and ``1.5e-7`` / ``1e21`` (no ``+``)
+    otherwise, and writes ``NaN``/``Infinity``; orjson switches to exponents at 1e-5 and 1e16. orjson
+    writes the array; the numbers whose text would differ, found with numpy, are written here.
+    """
+    if not np.isfinite(values).all():
+        return b"[" + b",".join(map(rapidjson_float, values.tolist())) + b"]"
+    magnitude = np.abs(values)
+    differs = np.flatnonzero((magnitude >= 1e16) | ((magnitude >= 1e-6) & (magnitude < 1e-5)))
+    if differs.size == 0:
+        return orjson.dumps(values, option=_DUMPS_OPTIONS)
+    pieces: list[bytes | memoryview] = []
+    done = 0
+    for index in differs.tolist():
+        if index > done:
+            pieces.append(memoryview(orjson.dumps(values[done:index], option=_DUMPS_OPTIONS))[1:-1])
+        pieces.append(rapidjson_float(float(values[index])))
+        done = index + 1
+    if done < len(values):
+        pieces.append(memoryview(orjson.dumps(values[done:], option=_DUMPS_OPTIONS))[1:-1])
+    return b"[" + b",".join(pieces) + b"]"
+
+
+def rapidjson_float(value: float) -> bytes:
+    """One double as RapidJSON writes it (``NaN``/``Infinity`` included)."""
+    if value != value:
+        return b"NaN"
+    if value in (float("inf"), float("-inf")):
+        return b"Infinity" if value > 0 else b"-Infinity"
+    text = repr(value).encode()
+    return _rapidjson_number(text) if b"e" in text else text
+
+
+def _rapidjson_number(token: bytes) -> bytes:
+    match = _EXPONENT.fullmatch(token)
+    if match is None:
+        return token
+    sign, lead, fraction, exponent_sign, exponent = match.groups()
+    digits = lead + (fraction or b"")
+    if fraction is not None:
+        digits = digits.rstrip(b"0") or b"0"
+    length = len(digits)
+    kk = (-1 if exponent_sign == b"-" else 1) * int(exponent) + 1  # 10^(kk-1) <= |v| < 10^kk
+    if length <= kk <= 21:
+        return sign + digits + b"0" * (kk - length) + b".0"
+    if 0 < kk <= 21:
+        return sign + digits[:kk] + b"." + digits[kk:]
+    if -6 < kk <= 0:
+        return sign + b"0." + b"0" * -kk + digits
+    mantissa = digits[:1] + (b"." + digits[1:] if length > 1 else b"")
+    return sign + mantissa + b"e" + str(kk - 1).encode()
 
 
 def error_body(message: str) -> bytes:
