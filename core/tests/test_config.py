@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+
 from conch._proto.model_config_pb2 import DataType, ModelConfig
 from conch.backend import Backend, ModelContext
 from conch.config import (

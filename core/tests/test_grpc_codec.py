@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from tritonclient.grpc import service_pb2 as tc_pb
+
 from conch._proto import grpc_service_pb2 as pb
 from conch.errors import ConchError, ErrorCode
 from conch.frontends.grpc import codec
 from conch.inference import InferenceResponse, Tensor
-from tritonclient.grpc import service_pb2 as tc_pb
 
 
 @pytest.mark.parametrize(

@@ -20,6 +20,10 @@ import numpy as np
 import pytest
 import tritonclient.grpc as tc
 import tritonclient.grpc.aio as tca
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from tritonclient.utils import InferenceServerException
+
 from conch import tensors
 from conch._proto import grpc_service_pb2 as pb
 from conch._proto import grpc_service_pb2_grpc as pb_grpc
@@ -28,9 +32,6 @@ from conch.errors import ConchError, ErrorCode
 from conch.frontends.grpc import GRPCBindError, start_grpc_server
 from conch.inference import InferenceRequest, InferenceResponse, ResponseStream, Tensor
 from conch.validation import Signature, validate
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-from tritonclient.utils import InferenceServerException
 
 ALL_DATATYPES = [row.name for row in tensors.BY_NAME.values()]
 POLLING_ERROR = "explicit model load / unload is not allowed if polling is enabled"

@@ -6,6 +6,7 @@ import logging
 from pathlib import Path
 
 import pytest
+
 from conch._proto.model_config_pb2 import ModelConfig
 from conch.config import parse_config_text
 from conch.errors import ConchError, ErrorCode

@@ -150,13 +150,17 @@ class Server:
 
     def _print_model_table(self) -> None:
         assert self.models is not None
-        rows = self.models.table()
+        rows: list[tuple[str, str, str]] = []
+        for name, version, status in self.models.table():
+            first, *more = status.splitlines() or [""]
+            rows.append((name, version, first))
+            rows.extend(("", "", extra) for extra in more)  # multi-line reasons continue below
         headers = ("Model", "Version", "Status")
         widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(headers)]
         rule = "+" + "+".join("-" * (w + 2) for w in widths) + "+"
 
         def line(cells: tuple[str, ...]) -> str:
-            return "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"
+            return "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)) + " |"
 
         table = [rule, line(headers), rule, *(line(r) for r in rows), rule]
         log.info("\n%s", "\n".join(table))

@@ -149,6 +149,8 @@ def to_raw(dt: DataType, array: np.ndarray) -> bytes | memoryview:
         array = array.astype(np.bool_, copy=False)
     elif array.dtype != dt.numpy:
         array = array.astype(dt.numpy)
+    if array.size == 0:
+        return b""
     array = np.ascontiguousarray(array)
     return memoryview(array).cast("B")  # type: ignore[arg-type]
 

@@ -111,7 +111,7 @@ def validate(request: InferenceRequest, sig: Signature) -> None:
         batched = sig.max_batch_size > 0 and not spec.is_shape_tensor
         shape = tensor.shape[1:] if batched else tensor.shape
         _check_shape(request, sig, spec, tensor.shape, shape)
-        _materialise(request, tensor, spec, model)
+        _materialise(request, tensor, spec, model, batched)
         if spec.reshape is not None:
             assert isinstance(tensor.data, np.ndarray)
             tensor.data = tensor.data.reshape(_reshaped(spec, shape, tensor.shape[0] if batched else None))
@@ -157,13 +157,15 @@ def _check_shape(
         )
 
 
-def _materialise(request: InferenceRequest, tensor: InferInput, spec: InputSpec, model: str) -> None:
+def _materialise(request: InferenceRequest, tensor: InferInput, spec: InputSpec, model: str, batched: bool) -> None:
     """Turn raw bytes into a numpy view after checking the byte size; check array sizes too."""
     dt = tensors.datatype(spec.datatype)
     data = tensor.data
     if data is None:
         raise _error(request, f"input '{tensor.name}' has no data")
-    count = tensors.element_count(tensor.shape)
+    # Triton quirk kept: a batching model asked for batch 0 is checked against the shape without it.
+    zero_batch = batched and request.batch_size == 0
+    count = tensors.element_count(tensor.shape[1:] if zero_batch else tensor.shape)
     if isinstance(data, np.ndarray):
         if data.size != count:
             raise _error(
