@@ -167,3 +167,25 @@ def test_plugins_route(server: RunningServer) -> None:
     plugins = requests.get(f"{server.base}/conch/plugins").json()["plugins"]
     identity = [p for p in plugins if p["name"] == "identity"][0]
     assert identity["status"] == "loaded" and identity["backends"] == ["identity"]
+
+
+def test_malformed_bytes_tensor_errors(server: RunningServer) -> None:
+    def send(blob: bytes, count: int) -> requests.Response:
+        header = json.dumps({"inputs": [{"name": "INPUT0", "shape": [1, count], "datatype": "BYTES",
+                                         "parameters": {"binary_data_size": len(blob)}}]}).encode()
+        return requests.post(f"{server.base}/v2/models/identity_string/infer", data=header + blob,
+                             headers={"Inference-Header-Content-Length": str(len(header))})
+
+    subject = "inference input 'INPUT0' for model 'identity_string'"
+    r = send(struct.pack("<I", 1) + b"a" + b"\x01\x00", 2)
+    assert r.status_code == 400
+    assert r.json()["error"] == (
+        f"[request id: <id_unknown>] incomplete string length indicator for {subject}, expecting 4 bytes but "
+        "only 2 bytes available. Please make sure the string length indicator is in one buffer."
+    )
+    r = send(struct.pack("<I", 1) + b"a", 2)
+    assert r.json()["error"] == f"[request id: <id_unknown>] expected 2 string elements for {subject}, got 1"
+    r = send((struct.pack("<I", 1) + b"a") * 3, 2)
+    assert r.json()["error"] == (
+        f"[request id: <id_unknown>] unexpected number of string elements 3 for {subject}, expecting 2"
+    )

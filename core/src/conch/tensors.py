@@ -101,44 +101,33 @@ def serialize_bytes(array: np.ndarray) -> bytes:
     return b"".join(parts)
 
 
-def deserialize_bytes(buffer: bytes | memoryview, count: int, input_name: str) -> np.ndarray:
-    """Wire-form BYTES into a flat object array of ``count`` elements, with Triton's error texts."""
+def deserialize_bytes(buffer: bytes | memoryview, count: int, subject: str) -> np.ndarray:
+    """Wire-form BYTES into a flat object array of exactly ``count`` elements.
+
+    ``subject`` names what is decoded in errors, e.g. ``inference input 'X' for model 'm'``; a
+    malformed buffer raises ``ValueError`` with Triton's texts.
+    """
     view = memoryview(buffer).cast("B")
+    size = len(view)
     out = np.empty(count, dtype=object)
     offset = 0
-    size = len(view)
-    unpack = struct.Struct("<I").unpack_from
-    for index in range(count):
-        if offset + 4 > size:
-            raise invalid_arg(
-                f"element byte size indicator exceeds the end of the buffer for inference input '{input_name}'"
-                if offset < size
-                else f"unexpected number of string elements {index} for inference input '{input_name}', "
-                f"expecting {count}"
+    checked = 0
+    while offset < size:
+        if size - offset < 4:
+            raise ValueError(
+                f"incomplete string length indicator for {subject}, expecting 4 bytes but only "
+                f"{size - offset} bytes available. Please make sure the string length indicator is in one buffer."
             )
-        (length,) = unpack(view, offset)
+        length = int.from_bytes(view[offset : offset + 4], "little")
+        checked += 1
+        if checked > count:
+            raise ValueError(f"unexpected number of string elements {checked} for {subject}, expecting {count}")
         offset += 4
-        if offset + length > size:
-            raise invalid_arg(
-                f"incomplete string data for inference input '{input_name}', expecting string of length "
-                f"{length} but only {size - offset} bytes available"
-            )
-        out[index] = bytes(view[offset : offset + length])
+        out[checked - 1] = bytes(view[offset : offset + length])
         offset += length
-    if offset != size:
-        raise invalid_arg(
-            f"expected {count} string elements for inference input '{input_name}', "
-            f"but found more data than expected"
-        )
+    if checked != count:
+        raise ValueError(f"expected {count} string elements for {subject}, got {checked}")
     return out
-
-
-def from_raw(dt: DataType, shape: list[int], buffer: bytes | memoryview, input_name: str) -> np.ndarray:
-    """A zero-copy numpy view of raw tensor bytes (a decoded object array for BYTES)."""
-    count = element_count(shape)
-    if dt.name == "BYTES":
-        return deserialize_bytes(buffer, count, input_name).reshape(shape)
-    return np.frombuffer(buffer, dtype=dt.numpy, count=count).reshape(shape)
 
 
 def to_raw(dt: DataType, array: np.ndarray) -> bytes | memoryview:

@@ -192,36 +192,10 @@ def _materialise(request: InferenceRequest, tensor: InferInput, spec: InputSpec,
 def _decode_bytes(
     request: InferenceRequest, data: bytes | memoryview, count: int, name: str, model: str
 ) -> np.ndarray:
-    view = memoryview(data).cast("B")
-    size = len(view)
-    out = np.empty(count, dtype=object)
-    offset = 0
-    checked = 0
-    while offset < size:
-        if size - offset < 4:
-            raise _error(
-                request,
-                f"incomplete string length indicator for inference input '{name}' for model '{model}', "
-                f"expecting 4 bytes but only {size - offset} bytes available. Please make sure the string "
-                "length indicator is in one buffer.",
-            )
-        length = int.from_bytes(view[offset : offset + 4], "little")
-        checked += 1
-        if checked > count:
-            raise _error(
-                request,
-                f"unexpected number of string elements {checked} for inference input '{name}' for model "
-                f"'{model}', expecting {count}",
-            )
-        offset += 4
-        out[checked - 1] = bytes(view[offset : offset + length])
-        offset += length
-    if checked != count:
-        raise _error(
-            request,
-            f"expected {count} string elements for inference input '{name}' for model '{model}', got {checked}",
-        )
-    return out
+    try:
+        return tensors.deserialize_bytes(data, count, f"inference input '{name}' for model '{model}'")
+    except ValueError as exc:
+        raise _error(request, str(exc)) from None
 
 
 def _raise_input_count(request: InferenceRequest, sig: Signature) -> None:
