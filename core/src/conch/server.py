@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import socket
 from dataclasses import dataclass, field
@@ -77,6 +78,9 @@ class Server:
         return 0
 
     def _on_signal(self, signum: int) -> None:
+        if self._stop.is_set():
+            log.warning("Signal (%d) received again: exiting without waiting for in-flight requests", signum)
+            os._exit(1)
         log.info("Signal (%d) received.", signum)
         self._stop.set()
 
