@@ -30,6 +30,7 @@ class RunningServer:
     grpc_port: int
     log_path: Path
     repos: list[Path] = field(default_factory=list)
+    metrics_port: int = 0
 
     @property
     def http_url(self) -> str:
@@ -61,7 +62,7 @@ def start_server(
     timeout: float = 60,
 ) -> RunningServer:
     """Start ``conch serve``; wait until live (and ready unless told otherwise)."""
-    http_port, grpc_port = free_port(), free_port()
+    http_port, grpc_port, metrics_port = free_port(), free_port(), free_port()
     log_path = tmp_path / f"server-{http_port}.log"
     args = [sys.executable, "-m", "conch", "serve"]
     for repo in repos:
@@ -71,13 +72,14 @@ def start_server(
         f"--grpc-port={grpc_port}",
         "--http-address=127.0.0.1",
         "--grpc-address=127.0.0.1",
+        f"--metrics-port={metrics_port}",
         *extra,
     ]
     full_env = dict(os.environ)
     full_env.update(env or {})
     log_file = open(log_path, "w")  # noqa: SIM115 - closed with the process
     process = subprocess.Popen(args, stdout=log_file, stderr=subprocess.STDOUT, text=True, env=full_env)
-    server = RunningServer(process, http_port, grpc_port, log_path, list(repos))
+    server = RunningServer(process, http_port, grpc_port, log_path, list(repos), metrics_port)
     deadline = time.monotonic() + timeout
     path = "/v2/health/ready" if wait_ready else "/v2/health/live"
     while time.monotonic() < deadline:

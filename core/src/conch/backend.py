@@ -38,6 +38,9 @@ class ModelContext:
     model_dir: Path  # <repository>/<model>
     config: ModelConfig
     backend_settings: dict[str, str] = field(default_factory=dict)
+    #: The server's InferenceService (None outside a server), for backends that send requests
+    #: themselves (the Python backend's BLS) or load and unload models.
+    server: Any = None
 
     @property
     def version_dir(self) -> Path:

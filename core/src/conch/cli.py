@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from conch import log as conch_log
+from conch.metrics import MetricsOptions
 from conch.models import ManagerOptions
 from conch.server import Server, ServerOptions
 
@@ -19,8 +20,6 @@ log = logging.getLogger("conch.cli")
 #: tritonserver flags Conch accepts but does not implement yet: a warning names them, never a crash.
 #: The value is whether the flag takes a value.
 UNIMPLEMENTED_TRITON_FLAGS: dict[str, bool] = {
-    "--allow-metrics": True, "--allow-gpu-metrics": True, "--allow-cpu-metrics": True,
-    "--metrics-address": True, "--metrics-interval-ms": True, "--metrics-config": True,
     "--allow-sagemaker": True, "--sagemaker-port": True, "--sagemaker-safe-port-range": True,
     "--sagemaker-thread-count": True, "--allow-vertex-ai": True, "--vertex-ai-port": True,
     "--vertex-ai-thread-count": True, "--vertex-ai-default-model": True,
@@ -73,7 +72,14 @@ def _serve_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     _add_bool(p, "--allow-grpc", True, "serve gRPC")
     p.add_argument("--grpc-port", type=int, default=8001)
     p.add_argument("--grpc-address", default="0.0.0.0")
-    p.add_argument("--metrics-port", type=int, default=8002, help="accepted; metrics arrive in a later release")
+    _add_bool(p, "--allow-metrics", True, "serve Prometheus metrics on the metrics port")
+    _add_bool(p, "--allow-gpu-metrics", True, "GPU metrics through NVML (nvidia-ml-py), where present")
+    _add_bool(p, "--allow-cpu-metrics", True, "CPU utilisation and memory metrics")
+    p.add_argument("--metrics-port", type=int, default=8002)
+    p.add_argument("--metrics-address", default="", help="defaults to the HTTP address")
+    p.add_argument("--metrics-interval-ms", type=int, default=2000)
+    p.add_argument("--metrics-config", action="append", default=[], metavar="KEY=VALUE",
+                   help="counter_latencies, summary_latencies, histogram_latencies, summary_quantiles")
     _add_bool(p, "--exit-on-error", True, "exit when a model fails to load at start-up")
     _add_bool(p, "--strict-readiness", True, "ready only when every model is ready")
     p.add_argument("--exit-timeout-secs", type=int, default=30)
@@ -148,7 +154,21 @@ def _serve_options(ns: argparse.Namespace) -> ServerOptions:
         default_max_batch_size=default_mbs,
         backend_settings=backend_settings,
     )
+    metrics = MetricsOptions(
+        enabled=ns.allow_metrics,
+        gpu=ns.allow_gpu_metrics,
+        cpu=ns.allow_cpu_metrics,
+        address=ns.metrics_address,
+        port=ns.metrics_port,
+        interval_ms=ns.metrics_interval_ms,
+    )
+    for setting in ns.metrics_config:
+        try:
+            metrics.apply(setting)
+        except ValueError as exc:
+            raise SystemExit(f"error: {exc}") from None
     return ServerOptions(
+        metrics=metrics,
         model_repositories=[Path(p).resolve() for p in ns.model_repository],
         server_id=ns.id,
         allow_http=ns.allow_http,

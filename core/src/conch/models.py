@@ -73,6 +73,7 @@ class ModelVersion:
         self.scheduler: Scheduler | None = None
         self.load_seconds = 0.0
         self.stats = ModelStats()
+        self.service: Any = None  # the InferenceService, handed to backends through ModelContext.server
 
     def is_ready(self) -> bool:
         return self.state is ModelState.READY and all(runner.is_ready() for runner in self.runners)
@@ -100,7 +101,7 @@ class ModelVersion:
         }
 
     def _instance_contexts(self, model_dir: Path, settings: dict[str, str]) -> list[InstanceContext]:
-        model = ModelContext(self.name, self.version, model_dir, self.config, settings)
+        model = ModelContext(self.name, self.version, model_dir, self.config, settings, server=self.service)
         contexts: list[InstanceContext] = []
         for group in self.config.instance_group:
             kind = KIND_NAMES.get(group.kind, "CPU")
@@ -122,9 +123,19 @@ class ModelVersion:
         if errors:
             await self._release()
             raise errors[0]
-        self.scheduler = DefaultScheduler(self.runners)
+        self.scheduler = self._make_scheduler()
         await self.scheduler.start()
         self.load_seconds = time.monotonic() - started
+
+    def _make_scheduler(self) -> Scheduler:
+        """The dynamic batcher when the config asks for it; otherwise Triton's default scheduler."""
+        if self.config.HasField("dynamic_batching") and self.backend is not None:
+            from conch.backend import Batching
+            from conch.scheduling.dynamic import DynamicBatcher
+
+            concatenate = self.backend.batching is Batching.CONCATENATE
+            return DynamicBatcher(self.runners, self.config, self.stats, concatenate=concatenate)
+        return DefaultScheduler(self.runners)
 
     async def unload(self) -> None:
         """Finish queued and executing requests, then release the instances."""
@@ -160,6 +171,7 @@ class ModelManager:
         self.plugins = plugins
         self.options = options
         self.entries: dict[str, ModelEntry] = {}
+        self.service: Any = None  # set by the InferenceService built over this manager
         self._load_slots = asyncio.Semaphore(max(1, options.load_thread_count))
 
     # -- start-up and shutdown ----------------------------------------------------------------
@@ -240,6 +252,7 @@ class ModelManager:
     ) -> None:
         previous = entry.versions.get(version)
         model = ModelVersion(entry, version, config, backend)
+        model.service = self.service
         self._set_state(model, ModelState.LOADING, "")
         if previous is None:
             entry.versions[version] = model

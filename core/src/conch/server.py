@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from conch.metrics import MetricsOptions
 from conch.models import ManagerOptions, ModelManager
 from conch.plugins import Plugins
 from conch.repository import Repository
@@ -38,6 +39,7 @@ class ServerOptions:
     exit_timeout_secs: int = 30
     manager: ManagerOptions = field(default_factory=ManagerOptions)
     blocked_plugins: set[str] = field(default_factory=set)
+    metrics: MetricsOptions = field(default_factory=MetricsOptions)
 
 
 class StartupError(Exception):
@@ -57,6 +59,10 @@ class Server:
         self._http_sockets: list[socket.socket] = []
         self._http_loop_task: asyncio.Task[None] | None = None
         self._grpc: Any = None
+        self._metrics: Any = None  # conch.metrics.Metrics
+        self._metrics_http: Any = None
+        self._metrics_sockets: list[socket.socket] = []
+        self._metrics_loop_task: asyncio.Task[None] | None = None
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -126,6 +132,28 @@ class Server:
         if opts.allow_http:
             await self._start_http()
             log.info("Started HTTPService at %s:%d", opts.http_address, opts.http_port)
+        if opts.metrics.enabled:
+            await self._start_metrics()
+
+    async def _start_metrics(self) -> None:
+        import uvicorn
+
+        from conch.metrics import Metrics, metrics_app
+
+        opts = self.options
+        assert self.models is not None
+        address = opts.metrics.address or opts.http_address
+        sock = _bind(address, opts.metrics.port, "Metrics")
+        self._metrics_sockets = [sock]
+        self._metrics = Metrics(self.models, opts.metrics)
+        self._metrics.start()
+        config = uvicorn.Config(metrics_app(self._metrics), lifespan="off", log_config=None, access_log=False)
+        config.load()
+        self._metrics_http = uvicorn.Server(config)
+        self._metrics_http.lifespan = config.lifespan_class(config)
+        await self._metrics_http.startup(sockets=self._metrics_sockets)
+        self._metrics_loop_task = asyncio.create_task(self._metrics_http.main_loop())
+        log.info("Started Metrics Service at %s:%d", address, opts.metrics.port)
 
     async def _start_http(self) -> None:
         import uvicorn
@@ -189,6 +217,14 @@ class Server:
         if self._grpc is not None:
             await self._grpc.stop(grace=1.0)
             self._grpc = None
+        if self._metrics_http is not None:
+            self._metrics_http.should_exit = True
+            if self._metrics_loop_task is not None:
+                await self._metrics_loop_task
+            await self._metrics_http.shutdown(sockets=self._metrics_sockets)
+            self._metrics_http = None
+        if self._metrics is not None:
+            self._metrics.stop()
         if self.models is not None:
             await self.models.unload_all()
             log.info("All models are stopped, unloading models")

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 
 #: Protocol extensions Conch really implements, in the order Triton lists them.
 EXTENSIONS = [
+    "schedule_policy",
     "model_configuration",
     "binary_tensor_data",
     "parameters",
@@ -52,6 +53,11 @@ class InferenceService:
         strict_readiness: bool = True,
     ) -> None:
         self.models = models
+        models.service = self  # backends reach the service through ModelContext.server (BLS)
+        try:  # the server's event loop, for backends that watch worker processes from it
+            self.loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            self.loop = None
         self.plugins = plugins
         self.server_id = server_id
         self.strict_readiness = strict_readiness

@@ -6,8 +6,12 @@ Counters are plain integers updated on the event loop (no locks); a snapshot is 
 from __future__ import annotations
 
 import time
+from collections import deque
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
+
+#: Triton's failure reasons (``nv_inference_request_failure{reason=...}``).
+FAILURE_REASONS = ("REJECTED", "CANCELED", "BACKEND", "OTHER")
 
 
 @dataclass(slots=True)
@@ -33,9 +37,11 @@ class BatchStats:
 class ModelStats:
     """Triton's ``$model_stat`` for one model version."""
 
+    keep_samples: ClassVar[bool] = False  # class-wide: set once at start-up when summaries are enabled
+
     __slots__ = (
         "last_inference_ms", "inference_count", "execution_count", "success", "fail", "queue",
-        "compute_input", "compute_infer", "compute_output", "batches",
+        "compute_input", "compute_infer", "compute_output", "batches", "failures", "samples",
     )
 
     def __init__(self) -> None:
@@ -49,6 +55,9 @@ class ModelStats:
         self.compute_infer = Duration()
         self.compute_output = Duration()
         self.batches: dict[int, BatchStats] = {}
+        self.failures = dict.fromkeys(FAILURE_REASONS, 0)
+        # Recent latencies, kept only when the summary metrics are enabled (``--metrics-config``).
+        self.samples: LatencySamples | None = LatencySamples() if ModelStats.keep_samples else None
 
     def record_execution(self, batch_size: int, requests: int, input_ns: int, infer_ns: int, output_ns: int) -> None:
         """One execution of ``requests`` requests holding ``batch_size`` inferences in all."""
@@ -64,11 +73,22 @@ class ModelStats:
         batch.compute_input.add(input_ns)
         batch.compute_infer.add(infer_ns)
         batch.compute_output.add(output_ns)
+        if self.samples is not None:
+            self.samples.add_execution(input_ns, infer_ns, output_ns)
 
     def record_request(self, ok: bool, total_ns: int, queue_ns: int) -> None:
         (self.success if ok else self.fail).add(total_ns)
         if ok:
             self.queue.add(queue_ns)
+            if self.samples is not None:
+                self.samples.add_request(total_ns, queue_ns)
+        else:
+            self.failures["BACKEND"] += 1
+
+    def record_failure(self, reason: str, total_ns: int) -> None:
+        """A request that failed before execution (``REJECTED``: queue full or timeout; ``CANCELED``)."""
+        self.fail.add(total_ns)
+        self.failures[reason] = self.failures.get(reason, 0) + 1
 
     def as_dict(self, name: str, version: str) -> dict[str, Any]:
         return {
@@ -99,3 +119,26 @@ class ModelStats:
             ],
             "memory_usage": [],
         }
+
+
+class LatencySamples:
+    """The most recent latencies (ns) per kind, for the summary metrics' quantiles."""
+
+    KINDS = ("request", "queue", "compute_input", "compute_infer", "compute_output")
+
+    def __init__(self, keep: int = 4096) -> None:
+        self.recent: dict[str, deque[int]] = {kind: deque(maxlen=keep) for kind in self.KINDS}
+        self.totals: dict[str, Duration] = {kind: Duration() for kind in self.KINDS}
+
+    def _add(self, kind: str, ns: int) -> None:
+        self.recent[kind].append(ns)
+        self.totals[kind].add(ns)
+
+    def add_request(self, total_ns: int, queue_ns: int) -> None:
+        self._add("request", total_ns)
+        self._add("queue", queue_ns)
+
+    def add_execution(self, input_ns: int, infer_ns: int, output_ns: int) -> None:
+        self._add("compute_input", input_ns)
+        self._add("compute_infer", infer_ns)
+        self._add("compute_output", output_ns)

@@ -1,0 +1,150 @@
+"""Python backend: Conch and Triton 2.51 side by side on Triton's add_sub ``model.py``, in one run.
+
+    .venv/bin/python benchmarks/python_backend.py [--concurrency 1,4,16] [--interval-ms 2000] [--no-triton]
+
+Writes a repository with the add_sub Python model twice (``add_sub``: default scheduler;
+``add_sub_dyn``: ``dynamic_batching {}``; two FP32 ``[batch, 16]`` inputs, one instance), serves it
+with ``conch serve`` and with ``/work/shared/tools/triton-reference serve`` (the real Triton 2.51 and
+its Python backend), one server at a time, and drives each with perf_analyzer over HTTP and gRPC at
+every concurrency. Prints a Markdown table of infer/s, p50 and p99 latency.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import requests
+
+ROOT = Path(__file__).resolve().parent.parent
+PERF_ANALYZER = Path(os.environ.get("PERF_ANALYZER", Path.home() / ".cache/conch-tools/bin/perf_analyzer"))
+TRITON = Path(os.environ.get("TRITON_REFERENCE", "/work/shared/tools/triton-reference"))
+
+CONFIG = """
+name: "{name}"
+backend: "python"
+max_batch_size: 8
+input [ {{ name: "INPUT0" data_type: TYPE_FP32 dims: [ 16 ] }}, {{ name: "INPUT1" data_type: TYPE_FP32 dims: [ 16 ] }} ]
+output [ {{ name: "OUTPUT0" data_type: TYPE_FP32 dims: [ 16 ] }}, {{ name: "OUTPUT1" data_type: TYPE_FP32 dims: [ 16 ] }} ]
+instance_group [ {{ count: 1 kind: KIND_CPU }} ]
+{extra}
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def write_repository(root: Path) -> None:
+    model = (ROOT / "examples/model_repository/add_sub/1/model.py").read_text()
+    for name, extra in (("add_sub", ""), ("add_sub_dyn", "dynamic_batching { }")):
+        (root / name / "1").mkdir(parents=True)
+        (root / name / "1" / "model.py").write_text(model)
+        (root / name / "config.pbtxt").write_text(CONFIG.format(name=name, extra=extra))
+
+
+def start(kind: str, repo: Path, log: Path) -> tuple[subprocess.Popen[bytes], int, int]:
+    http, grpc, metrics = free_port(), free_port(), free_port()
+    flags = [f"--model-repository={repo}", f"--http-port={http}", f"--grpc-port={grpc}", f"--metrics-port={metrics}"]
+    if kind == "conch":
+        command = [sys.executable, "-m", "conch", "serve", *flags, "--log-info=false"]
+    else:
+        command = [str(TRITON), "serve", *flags, "--log-info=false"]
+    process = subprocess.Popen(command, stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise SystemExit(f"{kind} exited: {log.read_text()[-3000:]}")
+        try:
+            if requests.get(f"http://127.0.0.1:{http}/v2/health/ready", timeout=1).status_code == 200:
+                return process, http, grpc
+        except requests.RequestException:
+            pass
+        time.sleep(0.2)
+    raise SystemExit(f"{kind} did not become ready: {log.read_text()[-3000:]}")
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
+def perf(model: str, url: str, protocol: str, concurrency: int, interval_ms: int, out: Path) -> dict[str, float]:
+    command = [
+        str(PERF_ANALYZER), "-m", model, "-u", url, "-i", protocol, "-b", "1",
+        f"--concurrency-range={concurrency}", f"--measurement-interval={interval_ms}",
+        "--max-trials=10", "--stability-percentage=50", "-f", str(out),
+    ]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
+    if done.returncode != 0 or not out.exists():
+        print(f"perf_analyzer failed for {model} {protocol} c={concurrency}: {done.stdout[-600:]}", file=sys.stderr)
+        return {"infer/s": float("nan"), "p50": float("nan"), "p99": float("nan")}
+    with out.open() as f:
+        row = next(csv.DictReader(f))
+    return {
+        "infer/s": float(row["Inferences/Second"]),
+        "p50": float(row["p50 latency"]) / 1000.0,
+        "p99": float(row["p99 latency"]) / 1000.0,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--concurrency", default="1,4,16")
+    parser.add_argument("--interval-ms", type=int, default=2000)
+    parser.add_argument("--no-triton", action="store_true", help="measure Conch only")
+    args = parser.parse_args()
+    levels = [int(c) for c in args.concurrency.split(",")]
+    servers = ["conch"] + ([] if args.no_triton else ["triton"])
+    work = Path(tempfile.mkdtemp(prefix="conch-bench-python-"))
+    results: dict[tuple[str, str, str, int], dict[str, float]] = {}
+    try:
+        repo = work / "repo"
+        write_repository(repo)
+        for kind in servers:
+            process, http, grpc = start(kind, repo, work / f"{kind}.log")
+            try:
+                for model in ("add_sub", "add_sub_dyn"):
+                    for protocol, port in (("http", http), ("grpc", grpc)):
+                        for level in levels:
+                            out = work / f"{kind}-{model}-{protocol}-{level}.csv"
+                            result = perf(model, f"127.0.0.1:{port}", protocol, level, args.interval_ms, out)
+                            results[(kind, model, protocol, level)] = result
+                            print(f"{kind:6} {model:11} {protocol:4} c={level:<3} {result['infer/s']:9.0f} infer/s  "
+                                  f"p50 {result['p50']:7.2f} ms  p99 {result['p99']:7.2f} ms", file=sys.stderr)  # fmt: skip
+            finally:
+                stop(process)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    header = "| model | protocol | concurrency | " + " | ".join(
+        f"{k} infer/s | {k} p50 ms | {k} p99 ms" for k in servers
+    ) + " |"
+    print(header)
+    print("|" + "---|" * (3 + 3 * len(servers)))
+    for model in ("add_sub", "add_sub_dyn"):
+        for protocol in ("http", "grpc"):
+            for level in levels:
+                cells = []
+                for kind in servers:
+                    r = results[(kind, model, protocol, level)]
+                    cells += [f"{r['infer/s']:.0f}", f"{r['p50']:.2f}", f"{r['p99']:.2f}"]
+                print(f"| {model} | {protocol} | {level} | " + " | ".join(cells) + " |")
+
+
+if __name__ == "__main__":
+    main()

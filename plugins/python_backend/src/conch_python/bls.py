@@ -1,0 +1,72 @@
+"""Server side of BLS: a model's ``InferenceRequest(...).exec()`` as an ordinary request to the server.
+
+The request goes through :meth:`InferenceService.submit`, so it is validated and scheduled (queued,
+batched) exactly like a client's; model control calls go to the service's load and unload.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+
+from conch.errors import ConchError, ErrorCode
+from conch.inference import InferenceRequest, InferInput, RequestedOutput
+from conch.service import InferenceService, parse_version
+
+
+def no_service() -> ConchError:
+    return ConchError(
+        "BLS is not available: this server does not give backends a handle on the inference service",
+        ErrorCode.UNSUPPORTED,
+    )
+
+
+def build_request(
+    model_name: str,
+    version: int,
+    request_id: str,
+    outputs: list[str],
+    tensors: list[tuple[str, str, np.ndarray]],
+    parameters: str,
+    correlation_id: int | str,
+    flags: int,
+    timeout: int,
+) -> InferenceRequest:
+    """A Conch request for a BLS call."""
+    params: dict[str, Any] = json.loads(parameters) if parameters else {}
+    if correlation_id:
+        params["sequence_id"] = correlation_id
+    if flags & 1:
+        params["sequence_start"] = True
+    if flags & 2:
+        params["sequence_end"] = True
+    if timeout:
+        params["timeout"] = timeout
+    request = InferenceRequest(model_name=model_name, model_version=version, id=request_id, parameters=params)
+    for name, datatype, array in tensors:
+        request.add_input(InferInput(name, datatype, list(array.shape), array))
+    for name in outputs:
+        request.add_output(RequestedOutput(name))
+    return request
+
+
+async def control(service: InferenceService, op: str, args: tuple[Any, ...]) -> Any:
+    """``load_model`` / ``unload_model`` / ``is_model_ready`` on the server."""
+    if op == "load_model":
+        name, config, files = args
+        if config or files:
+            raise ConchError(
+                "load_model with a config override or files is not supported by Conch yet", ErrorCode.UNSUPPORTED
+            )
+        await service.load_model(name)
+        if not service.model_ready(name):
+            raise ConchError(f"failed to load '{name}'", ErrorCode.INTERNAL)
+        return None
+    if op == "unload_model":
+        await service.unload_model(args[0], bool(args[1]))
+        return None
+    if op == "is_model_ready":
+        return service.model_ready(args[0], parse_version(args[1]) if args[1] else "")
+    raise ConchError(f"unknown model control operation '{op}'", ErrorCode.INTERNAL)

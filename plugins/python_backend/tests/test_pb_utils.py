@@ -1,0 +1,106 @@
+"""The pure-Python part of ``triton_python_backend_utils``, against Triton's documented behaviour."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import triton_python_backend_utils as pb_utils
+
+
+def test_byte_tensor_round_trip_and_empty() -> None:
+    array = np.array([b"ab", "é", b"", 7], dtype=object)
+    wire = pb_utils.serialize_byte_tensor(array)
+    assert wire == b"\x02\x00\x00\x00ab\x02\x00\x00\x00\xc3\xa9\x00\x00\x00\x00\x01\x00\x00\x007"
+    assert list(pb_utils.deserialize_bytes_tensor(wire)) == [b"ab", "é".encode(), b"", b"7"]
+    assert pb_utils.serialize_byte_tensor(np.array([], dtype=object)) == ()
+    assert pb_utils.serialize_byte_tensor(np.array([1.0])) is None
+
+
+def test_type_converters() -> None:
+    assert pb_utils.triton_string_to_numpy("TYPE_FP32") is np.float32
+    assert pb_utils.triton_string_to_numpy("TYPE_BOOL") is bool
+    assert pb_utils.triton_string_to_numpy("TYPE_STRING") is np.object_
+    with pytest.raises(KeyError):
+        pb_utils.triton_string_to_numpy("TYPE_BF16")
+    assert pb_utils.numpy_to_triton_type(np.float32) == 11
+    assert pb_utils.numpy_to_triton_type(np.object_) == 13 and pb_utils.numpy_to_triton_type(np.bytes_) == 13
+    assert pb_utils.triton_to_numpy_type(1) is np.bool_ and pb_utils.triton_to_numpy_type(13) is np.object_
+
+
+def test_tensor_basics_and_dlpack() -> None:
+    t = pb_utils.Tensor("X", np.arange(6, dtype=np.int16).reshape(2, 3).T)  # non-contiguous: made contiguous
+    assert t.name() == "X" and t.shape() == [3, 2] and t.triton_dtype() == 7 and t.is_cpu()
+    assert t.as_numpy().flags.c_contiguous
+    back = pb_utils.Tensor.from_dlpack("Y", t.to_dlpack())
+    np.testing.assert_array_equal(back.as_numpy(), t.as_numpy())
+    np.testing.assert_array_equal(pb_utils.Tensor.from_dlpack("Z", t).as_numpy(), t.as_numpy())
+    strings = pb_utils.Tensor("S", np.array(["a"], dtype=object))
+    assert strings.triton_dtype() == 13
+    with pytest.raises(pb_utils.TritonModelException, match="DLPack does not have support for string tensors"):
+        strings.to_dlpack()
+    with pytest.raises(pb_utils.TritonModelException):
+        pb_utils.Tensor("", np.zeros(1))
+
+
+def test_response_and_error() -> None:
+    error = pb_utils.TritonError("bad", pb_utils.TritonError.INVALID_ARG)
+    assert error.message() == "bad" and error.code() == 3
+    assert pb_utils.TritonError("x").code() == pb_utils.TritonError.INTERNAL
+    response = pb_utils.InferenceResponse(error=error, parameters={"a": 1, "b": True, "c": "s"})
+    assert response.has_error() and response.error() is error
+    assert json.loads(response.parameters()) == {"a": 1, "b": True, "c": "s"}
+    out = pb_utils.InferenceResponse([pb_utils.Tensor("O", np.zeros(2))])
+    assert pb_utils.get_output_tensor_by_name(out, "O") is out.output_tensors()[0]
+    assert pb_utils.get_output_tensor_by_name(out, "nope") is None
+
+
+def test_config_helpers() -> None:
+    config = {"input": [{"name": "A"}], "output": [{"name": "B"}], "model_transaction_policy": {"decoupled": True}}
+    assert pb_utils.get_input_config_by_name(config, "A") == {"name": "A"}
+    assert pb_utils.get_output_config_by_name(config, "A") is None
+    assert pb_utils.using_decoupled_model_transaction_policy(config)
+    assert not pb_utils.using_decoupled_model_transaction_policy({})
+
+
+def test_model_config_setters_and_their_errors() -> None:
+    config = pb_utils.ModelConfig(json.dumps({"name": "m", "max_batch_size": 8, "input": [], "output": []}))
+    with pytest.raises(ValueError, match="configuration specified max_batch_size 8, but in auto-complete-config"):
+        config.set_max_batch_size(4)
+    config.set_max_batch_size(16)
+    config.add_input({"name": "I", "data_type": "TYPE_FP32", "dims": [2]})
+    config.add_input({"name": "I", "data_type": "TYPE_FP32", "dims": [2], "optional": True})
+    with pytest.raises(ValueError, match="configuration expects datatype TYPE_FP32 for input 'I', model provides TYPE_INT32"):
+        config.add_input({"name": "I", "data_type": "TYPE_INT32", "dims": [2]})
+    with pytest.raises(ValueError, match="is missing 'dims' property"):
+        config.add_output({"name": "O", "data_type": "TYPE_FP32"})
+    with pytest.raises(ValueError, match="contains property other than"):
+        config.add_output({"name": "O", "data_type": "TYPE_FP32", "dims": [1], "optional": True})
+    config.set_dynamic_batching()
+    config.set_model_transaction_policy({"decoupled": True})
+    with pytest.raises(ValueError, match="trying to change decoupled property"):
+        config.set_model_transaction_policy({"decoupled": False})
+    as_dict = config.as_dict()
+    assert as_dict["max_batch_size"] == 16 and as_dict["dynamic_batching"] == {}
+    assert as_dict["input"] == [{"name": "I", "data_type": "TYPE_FP32", "dims": [2], "optional": True}]
+    sequence = pb_utils.ModelConfig({"name": "s", "sequence_batching": {}})
+    with pytest.raises(ValueError, match="scheduling_choice as 'sequence_batching'"):
+        sequence.set_dynamic_batching()
+
+
+def test_constants_and_unsupported_pieces() -> None:
+    assert (
+        pb_utils.TRITONSERVER_REQUEST_FLAG_SEQUENCE_START,
+        pb_utils.TRITONSERVER_REQUEST_FLAG_SEQUENCE_END,
+        pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL,
+        pb_utils.TRITONSERVER_REQUEST_RELEASE_ALL,
+        pb_utils.TRITONSERVER_REQUEST_RELEASE_RESCHEDULE,
+    ) == (1, 2, 1, 1, 2)
+    with pytest.raises(pb_utils.TritonModelException, match="BLS is only available"):
+        pb_utils.InferenceRequest(model_name="m").exec()
+
+
+def test_custom_metrics_say_they_are_not_supported_yet() -> None:
+    with pytest.raises(pb_utils.TritonModelException, match="MetricFamily is not supported yet"):
+        pb_utils.MetricFamily("requests_total", "requests", pb_utils.MetricFamily.COUNTER)
