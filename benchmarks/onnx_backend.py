@@ -11,7 +11,8 @@ request (Conch p50 minus the raw call's median) at concurrency 1.
 
 With ``/work/shared/tools/triton-reference`` present (the real Triton 2.51, which has only its Python
 backend here), the same repository is then served by Triton with the graph wrapped in a Python
-backend ``model.py`` that calls ONNX Runtime, and measured the same way (one server at a time).
+backend ``model.py`` that calls ONNX Runtime, and measured the same way, each setting right after
+Conch's (both servers up, one measured at a time).
 """
 
 from __future__ import annotations
@@ -77,7 +78,7 @@ TRITON = Path(os.environ.get("TRITON_REFERENCE", "/work/shared/tools/triton-refe
 
 def add_sub_graph() -> onnx.ModelProto:
     io = helper.make_tensor_value_info
-    dims = ["batch", 16]
+    dims: list[str | int] = ["batch", 16]
     graph = helper.make_graph(
         [
             helper.make_node("Add", ["INPUT0", "INPUT1"], ["OUTPUT0"]),
@@ -170,8 +171,8 @@ def stop(process: subprocess.Popen[bytes]) -> None:
 
 def perf(
     tool: str, model: str, protocol: str, url: str, concurrency: int, interval_ms: int, out: Path
-) -> dict[str, float]:
-    """One perf_analyzer run; infer/s and p50 latency (µs) from its CSV.
+) -> dict[str, float] | None:
+    """One perf_analyzer run; infer/s and p50 latency (µs) from its CSV, None when never stable.
 
     On a shared machine the default 10 % stability window is rarely met: 25 % is asked first, then 50 %.
     """
@@ -186,8 +187,14 @@ def perf(
                 row = next(csv.DictReader(f))
             return {"throughput": float(row["Inferences/Second"]), "p50": float(row["p50 latency"])}
         if "stable measurement" not in proc.stdout + proc.stderr:
-            break
-    raise SystemExit(f"perf_analyzer failed ({' '.join(args)}):\n{proc.stdout}\n{proc.stderr}")
+            raise SystemExit(f"perf_analyzer failed ({' '.join(args)}):\n{proc.stdout}\n{proc.stderr}")
+    return None
+
+
+def _cells(result: dict[str, float] | None) -> str:
+    if result is None:
+        return "no stable measurement (busy machine)"
+    return f"{result['throughput']:,.0f} infer/s, p50 {result['p50']:.0f} µs"
 
 
 def main() -> None:
@@ -205,6 +212,14 @@ def main() -> None:
         raise SystemExit(f"perf_analyzer not found at {ns.perf_analyzer} (../shared/tools/install-perf-analyzer)")
 
     work = Path(tempfile.mkdtemp(prefix="conch-onnx-bench-"))
+    try:
+        run(ns, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def run(ns: argparse.Namespace, work: Path) -> None:
+    """Measure everything and print the table; ``work`` holds the repositories and CSVs."""
     graph = write_repository(work / "repo", ns.instances)
     raw_median, raw_rate = raw_loop(graph, ns.instances, ns.raw_seconds)
     print(f"raw InferenceSession.run, batch 1: median {raw_median:.1f} µs, {raw_rate:,.0f} calls/s (one thread)")
@@ -213,21 +228,25 @@ def main() -> None:
         write_repository(work / "triton_repo", ns.instances, triton=True)
         servers.append("triton")
 
-    rows: list[tuple[str, str, str, int, dict[str, float]]] = []
-    for server in servers:
-        repo = work / ("repo" if server == "conch" else "triton_repo")
-        process, http, grpc = start_server(server, repo, work / f"{server}.log")
-        try:
-            for protocol in ns.protocols.split(","):
-                url = f"127.0.0.1:{http if protocol == 'http' else grpc}"
-                for model in ("add_sub", "add_sub_dyn"):
-                    for concurrency in (int(c) for c in ns.concurrency.split(",")):
+    rows: list[tuple[str, str, str, int, dict[str, float] | None]] = []
+    running: dict[str, tuple[subprocess.Popen[bytes], int, int]] = {}
+    try:
+        for server in servers:
+            repo = work / ("repo" if server == "conch" else "triton_repo")
+            running[server] = start_server(server, repo, work / f"{server}.log")
+        # Servers measured back to back for each setting, so that both see the same load on a shared machine.
+        for protocol in ns.protocols.split(","):
+            for model in ("add_sub", "add_sub_dyn"):
+                for concurrency in (int(c) for c in ns.concurrency.split(",")):
+                    for server in servers:
+                        _, http, grpc = running[server]
+                        url = f"127.0.0.1:{http if protocol == 'http' else grpc}"
                         out = work / f"{server}-{protocol}-{model}-{concurrency}.csv"
                         result = perf(ns.perf_analyzer, model, protocol, url, concurrency, ns.interval_ms, out)
                         rows.append((server, protocol, model, concurrency, result))
-                        print(f"{server} {protocol} {model} c={concurrency}: {result['throughput']:,.0f} infer/s, "
-                              f"p50 {result['p50']:.0f} µs", flush=True)  # fmt: skip
-        finally:
+                        print(f"{server} {protocol} {model} c={concurrency}: {_cells(result)}", flush=True)
+    finally:
+        for process, _, _ in running.values():
             stop(process)
 
     print()
@@ -236,11 +255,10 @@ def main() -> None:
     names = {"conch": "Conch, onnxruntime backend", "triton": "Triton 2.51, Python backend + onnxruntime"}
     for server, protocol, model, concurrency, result in rows:
         scheduler = "dynamic batching" if model.endswith("_dyn") else "default"
-        overhead = f"{result['p50'] - raw_median:.0f}" if concurrency == 1 else ""
-        print(f"| {names[server]} | {protocol.upper()} | {scheduler} | {concurrency} | {result['throughput']:,.0f} "
-              f"| {result['p50']:.0f} | {overhead} |")  # fmt: skip
+        overhead = f"{result['p50'] - raw_median:.0f}" if concurrency == 1 and result else ""
+        cells = f"{result['throughput']:,.0f} | {result['p50']:.0f}" if result else "unstable | unstable"
+        print(f"| {names[server]} | {protocol.upper()} | {scheduler} | {concurrency} | {cells} | {overhead} |")
     print(f"| raw `InferenceSession.run` (batch 1, one thread) | — | — | 1 | {raw_rate:,.0f} | {raw_median:.1f} | — |")
-    shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

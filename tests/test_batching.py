@@ -39,7 +39,7 @@ def _batch_sizes(stats: dict[str, Any]) -> dict[int, int]:
 
 
 def _send_in_order(server: RunningServer, model: str, payloads: list[tuple[np.ndarray, dict[str, Any]]]) -> list[float]:
-    """Send requests 50 ms apart from threads (the batcher holds them); return each completion time."""
+    """Send requests 150 ms apart from threads (the batcher holds them); return each completion time."""
     done: list[float] = [0.0] * len(payloads)
     errors: list[BaseException] = []
 
@@ -57,7 +57,7 @@ def _send_in_order(server: RunningServer, model: str, payloads: list[tuple[np.nd
         thread = threading.Thread(target=one, args=(i,))
         thread.start()
         threads.append(thread)
-        time.sleep(0.05)
+        time.sleep(0.15)
     for thread in threads:
         thread.join(60)
     assert not errors, errors
@@ -125,15 +125,15 @@ def batch_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningSe
         write_model(repo, f"timeout_{action.lower()}", identity_config(
             f"timeout_{action.lower()}", max_batch_size=1,
             extra=f"dynamic_batching {{ default_queue_policy {{ timeout_action: {action} "
-            "default_timeout_microseconds: 10000000 allow_timeout_override: true } }\n" + _delay(400)))
+            "default_timeout_microseconds: 10000000 allow_timeout_override: true } }\n" + _delay(1000)))
     write_model(repo, "qfull", identity_config(
-        "qfull", max_batch_size=1, extra="dynamic_batching { default_queue_policy { max_queue_size: 1 } }\n" + _delay(400)))
+        "qfull", max_batch_size=1, extra="dynamic_batching { default_queue_policy { max_queue_size: 1 } }\n" + _delay(800)))
     for name, preserve in (("ordered", "true"), ("unordered", "false")):
         write_model(repo, name, identity_config(
             name, max_batch_size=1,
             extra=f"dynamic_batching {{ preserve_ordering: {preserve} }}\n"
             "instance_group [ { count: 2 kind: KIND_CPU } ]\n"
-            'parameters [ { key: "execute_delay_ms" value: { string_value: "100" } },'
+            'parameters [ { key: "execute_delay_ms" value: { string_value: "200" } },'
             ' { key: "instance_wise_delay_multiplier" value: { string_value: "5" } } ]'))
     write_model(repo, "busy", identity_config(
         "busy", extra="dynamic_batching { max_queue_delay_microseconds: 500 }\n"
@@ -167,11 +167,11 @@ def test_request_timeout_reject_or_delay(batch_server: RunningServer, action: st
             results[name] = exc
 
     first = threading.Thread(target=one, args=("first",))
-    first.start()
-    time.sleep(0.05)
+    first.start()  # executes for 1 s
+    time.sleep(0.2)
     short = threading.Thread(target=one, args=("short",), kwargs={"timeout": 50_000})  # µs, shorter than default
     short.start()
-    time.sleep(0.15)
+    time.sleep(0.3)
     later = threading.Thread(target=one, args=("later",))
     later.start()
     for thread in (first, short, later):
@@ -223,25 +223,28 @@ def test_queue_full_is_unavailable_over_grpc(batch_server: RunningServer) -> Non
 def test_preserve_ordering_under_out_of_order_completion(
     batch_server: RunningServer, model: str, in_order: bool
 ) -> None:
-    """Instance 0 takes 100 ms, instance 1 500 ms: A lands on the slow one, B (sent later) on the fast one."""
+    """WARM takes instance 0 (200 ms), A instance 1 (1 s); B, sent 400 ms after A, runs on instance 0
+    and finishes long before A, unless ``preserve_ordering`` holds its response back."""
     done: dict[str, float] = {}
+    finished = threading.Event()
 
-    def one(name: str) -> None:
-        _infer(batch_server.http_url, model, np.ones((1, 2), np.float32))
-        done[name] = time.monotonic()
+    def callback(name: str, result: Any, error: Any) -> None:
+        done[name] = time.monotonic() if error is None else -1.0
+        if len(done) == 3:
+            finished.set()
 
-    threads = {name: threading.Thread(target=one, args=(name,)) for name in ("warm", "a", "b")}
-    threads["warm"].start()  # occupies instance 0 for 100 ms
-    time.sleep(0.03)
-    threads["a"].start()  # instance 1: 500 ms
-    time.sleep(0.15)
-    threads["b"].start()  # instance 0 again: 100 ms, done long before A
-    for thread in threads.values():
-        thread.join(30)
+    client = grpcclient.InferenceServerClient(batch_server.grpc_url)
+    inp = grpcclient.InferInput("INPUT0", [1, 2], "FP32")
+    inp.set_data_from_numpy(np.ones((1, 2), np.float32))
+    for name, pause in (("warm", 0.1), ("a", 0.4), ("b", 0.0)):
+        client.async_infer(model, [inp], callback=lambda result, error, n=name: callback(n, result, error))
+        time.sleep(pause)
+    assert finished.wait(30), done
+    assert min(done.values()) > 0, done
     if in_order:  # B's response waited for A's (both then leave together: allow the clients' wake-up jitter)
         assert done["b"] > done["a"] - 0.05, done
-    else:  # B finished about 250 ms before A
-        assert done["b"] < done["a"] - 0.15, done
+    else:  # B finished about 400 ms before A
+        assert done["b"] < done["a"] - 0.2, done
 
 
 def test_no_request_lost_or_answered_twice_under_64_clients(batch_server: RunningServer) -> None:

@@ -314,3 +314,32 @@ def test_priority_queue_levels_clamp_like_triton() -> None:
     assert queue.level_of(request("a", priority=2)) == 2
     assert queue.level_of(request("a", priority=5)) == 3
     assert PriorityQueue(config("").dynamic_batching).level_of(request("a", priority=2)) == 0
+
+
+def test_backlog_delay_hook_holds_every_batch(monkeypatch: pytest.MonkeyPatch) -> None:
+    """TRITONSERVER_BACKLOG_DELAY_SCHEDULER=n: each batch waits until n requests are queued (a test hook)."""
+
+    async def main() -> list[list[str]]:
+        runner = FakeRunner("m_0")
+        batcher = make(config(""), [runner], monkeypatch)
+        batcher._backlog_count = 2  # as read from the environment at load
+        await batcher.start()
+        first = request("0")
+        batcher.enqueue(first)
+        await asyncio.sleep(0.05)
+        assert runner.batches == []  # held: one queued
+        second = request("1")
+        batcher.enqueue(second)
+        await asyncio.wait_for(asyncio.gather(first.stream.next(), second.stream.next()), 5)  # type: ignore[union-attr]
+        await batcher.stop()
+        return runner.batches
+
+    assert asyncio.run(main()) == [["0", "1"]]
+
+
+def test_backlog_delay_hook_is_read_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    async def main() -> int:
+        monkeypatch.setenv("TRITONSERVER_BACKLOG_DELAY_SCHEDULER", "3")
+        return DynamicBatcher([], config(""), ModelStats())._backlog_count
+
+    assert asyncio.run(main()) == 3

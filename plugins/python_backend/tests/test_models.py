@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import queue
 from typing import Any
 
@@ -227,3 +228,20 @@ def test_auto_complete_config_from_model_py(py_server: RunningServer) -> None:
     assert [i["name"] for i in config["input"]] == ["IN"]
     result = client(py_server, "grpc").infer("auto", [tensor("grpc", "IN", np.array([[1, 2]], np.float32))])
     assert result.as_numpy("OUT").tolist() == [[2, 4]]
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_big_tensors_travel_in_their_own_segments(py_server: RunningServer, protocol: str) -> None:
+    """Tensors larger than a quarter of the 4 MiB ring go through one-off shared-memory segments."""
+    index = IDENTITY_TYPES.index("FP32")
+    big = np.random.rand(2, 300_000).astype(np.float32)  # 2.4 MB
+    small = np.arange(4, dtype=np.int64).reshape(1, 4)
+    c = client(py_server, protocol)
+    for _ in range(3):  # several rounds: segments are created, mapped and released each time
+        result = c.infer("identity", [tensor(protocol, f"INPUT{index}", big)])
+        np.testing.assert_array_equal(result.as_numpy(f"OUTPUT{index}"), big)
+        small_index = IDENTITY_TYPES.index("INT64")
+        result = c.infer("identity", [tensor(protocol, f"INPUT{small_index}", small)])
+        np.testing.assert_array_equal(result.as_numpy(f"OUTPUT{small_index}"), small)
+    leftovers = [name for name in os.listdir("/dev/shm") if name.startswith("conch-py-") and str(py_server.process.pid) in name]
+    assert leftovers == [], leftovers

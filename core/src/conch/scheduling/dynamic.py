@@ -124,6 +124,7 @@ class DynamicBatcher(Scheduler):
     async def _dispatch(self) -> None:
         while True:
             await self._wake.wait()
+            await asyncio.sleep(0)  # requests that arrived in the same loop turn join this batch
             self._wake.clear()
             if not self._step() and self._stopping and not len(self.queue):
                 return

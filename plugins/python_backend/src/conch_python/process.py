@@ -101,6 +101,8 @@ class WorkerInstance(ModelInstance):
             model.name,
         )
         level = logging.getLogger("conch").getEffectiveLevel()
+        handler = next(iter(logging.getLogger("conch").handlers), None)
+        iso = bool(getattr(getattr(handler, "formatter", None), "iso8601", False))
         self.spec: dict[str, Any] = {
             "path": source.path,
             "package_dir": source.package_dir,
@@ -108,7 +110,8 @@ class WorkerInstance(ModelInstance):
             "decoupled": self.decoupled,
             "log_level": level,
             "log_verbose": 1 if level <= logging.DEBUG else 0,
-            "log_format": "default",
+            "log_format": "ISO8601" if iso else "default",
+            "log_file": getattr(handler, "baseFilename", None),  # the server's --log-file, if any
         }
         self.prefix = f"conch-py-{os.getpid()}-{context.name}"[:120]
         loop = getattr(self.service, "loop", None)
@@ -191,26 +194,11 @@ class WorkerInstance(ModelInstance):
         worker = self.worker
         batch = next(self._batches)
         future: asyncio.Future[Any] = loop.create_future()
-        descs = []
-        keys = []
-        for request in requests:
-            key = next(self._keys)
-            keys.append(key)
+        keys = [next(self._keys) for _ in requests]
+        # A failure here (no shared memory left for a big tensor) fails this batch; the instance serves on.
+        descs = [self._describe(worker, key, request) for key, request in zip(keys, requests, strict=True)]
+        for key, request in zip(keys, requests, strict=True):
             self._requests[key] = request
-            correlation_id, flags, timeout, parameters = request_fields(request)
-            inputs = [(name, tensor.datatype, tensor.data) for name, tensor in request.inputs.items()]
-            descs.append(
-                (
-                    key,
-                    request.id,
-                    correlation_id,
-                    flags,
-                    parameters,
-                    put_tensors(worker.to_worker, self.prefix, inputs),  # type: ignore[arg-type]
-                    request.requested_output_names(),
-                    timeout,
-                )
-            )
         self._inflight[batch] = (future, requests, keys)
         try:
             worker.channel.send(("exec", batch, descs))
@@ -221,6 +209,13 @@ class WorkerInstance(ModelInstance):
                 f"Python model instance '{self.name}' is not ready: its worker process stopped", ErrorCode.UNAVAILABLE
             ) from None
         return await future
+
+    def _describe(self, worker: Worker, key: int, request: InferenceRequest) -> tuple[Any, ...]:
+        """One request as the worker receives it; its input tensors written into shared memory."""
+        correlation_id, flags, timeout, parameters = request_fields(request)
+        inputs = [(name, tensor.datatype, tensor.data) for name, tensor in request.inputs.items()]
+        tensors = put_tensors(worker.to_worker, self.prefix, inputs)  # type: ignore[arg-type]
+        return (key, request.id, correlation_id, flags, parameters, tensors, request.requested_output_names(), timeout)
 
     def unload(self) -> None:
         """Finalize the model and end the worker (its memory goes back to the system)."""

@@ -277,7 +277,7 @@ def main() -> None:
     assert kind == "init", kind
     from conch.log import configure
 
-    configure(verbose=spec["log_verbose"], log_format=spec["log_format"])
+    configure(verbose=spec["log_verbose"], log_format=spec["log_format"], log_file=spec.get("log_file"))
     logging.getLogger("conch").setLevel(spec["log_level"])
     inbound = Ring(open_region(spec["to_worker"]))
     outbound = Ring(open_region(spec["to_server"]))
