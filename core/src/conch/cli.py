@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from conch import log as conch_log
+from conch.gpus import gpu_count
 from conch.metrics import MetricsOptions
 from conch.models import ManagerOptions
 from conch.server import Server, ServerOptions
@@ -152,6 +153,7 @@ def _serve_options(ns: argparse.Namespace) -> ServerOptions:
         config_name=ns.model_config_name,
         load_thread_count=ns.model_load_thread_count,
         default_max_batch_size=default_mbs,
+        gpu_count=gpu_count(),
         backend_settings=backend_settings,
     )
     metrics = MetricsOptions(
