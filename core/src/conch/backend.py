@@ -96,6 +96,10 @@ class ModelInstance:
         """Whether the instance can serve; consulted by model readiness."""
         return True
 
+    def not_ready_reason(self) -> str:
+        """Why :meth:`is_ready` is false (shown in the repository index); "" when there is nothing to say."""
+        return ""
+
     def unload(self) -> None:
         """Release what the instance holds; called once, when its model version unloads."""
 

@@ -78,6 +78,15 @@ class ModelVersion:
     def is_ready(self) -> bool:
         return self.state is ModelState.READY and all(runner.is_ready() for runner in self.runners)
 
+    def not_ready_reason(self) -> str:
+        """Why a READY version's instances are not ready (e.g. a worker being restarted)."""
+        reasons = [
+            runner.instance.not_ready_reason()
+            for runner in self.runners
+            if runner.instance is not None and not runner.is_ready()
+        ]
+        return "; ".join(r for r in reasons if r)
+
     def submit(self, request: InferenceRequest) -> None:
         """Validate and enqueue; raises ConchError for a bad request."""
         validate(request, self.signature)
@@ -358,6 +367,8 @@ class ModelManager:
                     row = {"name": name, "version": model.label, "state": model.state.value}
                     if model.reason:
                         row["reason"] = model.reason
+                    elif model.state is ModelState.READY and not model.is_ready():
+                        row["reason"] = model.not_ready_reason() or "not ready"
                     rows.append(row)
             elif not ready_only:
                 row = {"name": name}

@@ -126,7 +126,12 @@ def _errors(server: RunningServer, protocol: str, mode: int) -> InferenceServerE
 @pytest.mark.parametrize("protocol", PROTOCOLS)
 def test_execute_raising_fails_the_request_with_its_message(py_server: RunningServer, protocol: str) -> None:
     error = _errors(py_server, protocol, 0)
-    assert "TritonModelException: execute failed on purpose" in error.message()
+    # Triton 2.51's text: the instance, the exception type and message, then the model's frames.
+    assert error.message().startswith(
+        "Failed to process the request(s) for model 'errors_0', message: TritonModelException: execute failed on "
+        "purpose\n\nAt:\n  "
+    )
+    assert "/errors/1/model.py(" in error.message() and "conch_python" not in error.message()
     assert error.status() == ("500" if protocol == "http" else "StatusCode.INTERNAL")
     assert "ValueError: plain exception from execute" in _errors(py_server, protocol, 1).message()
 

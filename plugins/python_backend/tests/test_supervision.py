@@ -121,6 +121,9 @@ def test_model_is_ready_hook_feeds_readiness(watched: RunningServer) -> None:
     try:
         _wait_ready(watched, "ready_file", want=False, timeout=15)
         assert requests.get(f"{watched.base}/v2/health/ready", timeout=5).status_code != 200
+        index = requests.post(f"{watched.base}/v2/repository/index", timeout=5).json()
+        row = next(r for r in index if r["name"] == "ready_file")
+        assert row["reason"] == "is_ready() of Python model instance 'ready_file_0' returned False"
     finally:
         marker.unlink()
     _wait_ready(watched, "ready_file", timeout=15)

@@ -156,6 +156,9 @@ class InProcessInstance(ModelInstance):
         except Exception:  # noqa: BLE001
             return False
 
+    def not_ready_reason(self) -> str:
+        return "" if self.is_ready() else f"is_ready() of Python model instance '{self.name}' returned False"
+
     async def execute(self, requests: list[InferenceRequest]) -> list[InferenceResponse] | None:  # type: ignore[override]
         loop = asyncio.get_running_loop()
         RUNTIME.loop = loop
@@ -167,7 +170,7 @@ class InProcessInstance(ModelInstance):
             result = check_responses(self.model.execute(wrapped), len(requests), self.decoupled)
         except Exception as exc:  # noqa: BLE001
             raise error_from(
-                f"Failed to process the request(s) for model instance '{self.name}', message: {error_text(exc)}",
+                f"Failed to process the request(s) for model '{self.name}', message: {error_text(exc)}",
                 error_code(exc),
             ) from None
         if result is None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import os
 import threading
 import traceback
 from collections.abc import Coroutine
@@ -16,6 +17,8 @@ from typing import Any
 import triton_python_backend_utils as pb_utils
 
 from conch_python.loader import ModelSource, import_model_class
+
+_HERE = os.path.dirname(os.path.abspath(__file__))  # frames of conch_python are not the model's
 
 
 class AsyncRunner:
@@ -80,9 +83,9 @@ async def _await(awaitable: Any) -> Any:
 
 def error_text(exc: BaseException) -> str:
     """An exception as the client sees it: ``<type>: <message>`` plus where it was raised."""
-    frames = traceback.extract_tb(exc.__traceback__)
-    where = "".join(f"\n  {frame.filename}({frame.lineno}): {frame.name}" for frame in frames[-3:])
-    return f"{type(exc).__name__}: {exc}" + (f"\n\nAt:{where}" if where else "")
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if _HERE not in f.filename]
+    where = "".join(f"\n  {frame.filename}({frame.lineno}): {frame.name}" for frame in reversed(frames[-3:]))
+    return f"{type(exc).__name__}: {exc}" + (f"\n\nAt:{where}\n" if where else "")
 
 
 def error_code(exc: BaseException) -> str:

@@ -187,6 +187,13 @@ class WorkerInstance(ModelInstance):
     def is_ready(self) -> bool:
         return self._ready and self._model_ready
 
+    def not_ready_reason(self) -> str:
+        if not self._ready:
+            return f"{self.reason or 'its worker process stopped'}; restarting it"
+        if not self._model_ready:
+            return f"is_ready() of Python model instance '{self.name}' returned False"
+        return ""
+
     async def execute(self, requests: list[InferenceRequest]) -> list[InferenceResponse] | None:  # type: ignore[override]
         if not self._ready:
             raise ConchError(f"Python model instance '{self.name}' is not ready: {self.reason}", ErrorCode.UNAVAILABLE)
@@ -372,7 +379,7 @@ class WorkerInstance(ModelInstance):
             self._forget(keys)
             message, code = failure
             error = error_from(
-                f"Failed to process the request(s) for model instance '{self.name}', message: {message}", code
+                f"Failed to process the request(s) for model '{self.name}', message: {message}", code
             )
             self._call_soon(_set_exception, future, error)
             return
