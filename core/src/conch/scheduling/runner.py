@@ -19,6 +19,13 @@ from conch.tensors import config_to_protocol
 
 log = logging.getLogger("conch.scheduling")
 
+#: A synchronous execution that recently took less than this runs right on the event loop: handing it
+#: to the instance's thread and back costs more than the execution itself. Model config parameter
+#: ``conch_inline_max_us`` changes it; 0 always uses the thread.
+DEFAULT_INLINE_MAX_US = 100
+#: Batches with more input than this always go to the thread, however fast the last ones were.
+INLINE_MAX_INPUT_BYTES = 256 * 1024
+
 
 class InstanceRunner:
     """One instance of a model version and the thread it executes on."""
@@ -33,6 +40,9 @@ class InstanceRunner:
         self._output_types = {o.name: config_to_protocol(o.data_type) for o in context.model.config.output}
         self._is_async = False
         self._concatenate = backend.batching is Batching.CONCATENATE
+        inline_us = context.model.parameter("conch_inline_max_us", str(DEFAULT_INLINE_MAX_US))
+        self._inline_max_ns = int(inline_us or 0) * 1000
+        self._recent_ns: float | None = None  # moving average of the execution itself, thread hop excluded
         self.busy = False
 
     async def create(self) -> None:
@@ -85,16 +95,29 @@ class InstanceRunner:
         for request in requests:
             stats.record_request(ok, end - request.arrival_ns, start - request.arrival_ns)
 
-    async def _call(self, function: Callable[..., object], *args: object) -> object:
+    async def _call(self, requests: list[InferenceRequest], function: Callable[..., object], *args: object) -> object:
+        """Run the instance's method: awaited if async, inline if recently fast and small, else on its thread."""
         if self._is_async:
             return await function(*args)  # type: ignore[misc]
+        recent = self._recent_ns
+        if recent is not None and recent < self._inline_max_ns and _input_bytes(requests) <= INLINE_MAX_INPUT_BYTES:
+            return self._timed(function, args)
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, function, *args)
+        return await loop.run_in_executor(self._executor, self._timed, function, args)
+
+    def _timed(self, function: Callable[..., object], args: tuple[object, ...]) -> object:
+        begin = time.perf_counter_ns()
+        try:
+            return function(*args)
+        finally:
+            took = time.perf_counter_ns() - begin
+            recent = self._recent_ns
+            self._recent_ns = took if recent is None else 0.8 * recent + 0.2 * took
 
     async def _run_requests(self, requests: list[InferenceRequest]) -> None:
         assert self.instance is not None
         begin = time.monotonic_ns()
-        responses = await self._call(self.instance.execute, requests)
+        responses = await self._call(requests, self.instance.execute, requests)
         self._timing[1] = time.monotonic_ns() - begin
         if responses is None:
             return  # the backend responds through request.respond (decoupled)
@@ -121,7 +144,7 @@ class InstanceRunner:
                 if name not in wanted:
                     wanted.append(name)
         infer_start = time.monotonic_ns()
-        outputs = await self._call(self.instance.execute_batch, inputs, wanted)
+        outputs = await self._call(requests, self.instance.execute_batch, inputs, wanted)
         infer_end = time.monotonic_ns()
         if not isinstance(outputs, dict):
             raise ConchError(
@@ -151,6 +174,15 @@ class InstanceRunner:
             except Exception:  # noqa: BLE001
                 log.exception("model instance '%s' failed to unload", self.name)
         self._executor.shutdown(wait=False)
+
+
+def _input_bytes(requests: list[InferenceRequest]) -> int:
+    total = 0
+    for request in requests:
+        for tensor in request.inputs.values():
+            data = tensor.data
+            total += data.nbytes if isinstance(data, np.ndarray) else 0
+    return total
 
 
 def _arrays(request: InferenceRequest) -> dict[str, np.ndarray]:

@@ -1,0 +1,75 @@
+"""The runner executes fast, small batches on the event loop and everything else on the instance's thread."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+from conch._proto import model_config_pb2 as mc
+from conch.backend import Backend, InstanceContext, ModelContext, ModelInstance
+from conch.inference import InferenceRequest, InferenceResponse, InferInput, ResponseStream
+from conch.scheduling.runner import InstanceRunner
+
+
+class ThreadRecorder(ModelInstance):
+    def __init__(self, delay: float) -> None:
+        self.delay = delay
+        self.threads: list[str] = []
+
+    def execute(self, requests: list[InferenceRequest]) -> list[InferenceResponse]:
+        self.threads.append(threading.current_thread().name)
+        if self.delay:
+            time.sleep(self.delay)
+        return [InferenceResponse() for _ in requests]
+
+
+class RecorderBackend(Backend):
+    name = "recorder"
+
+    def __init__(self, delay: float) -> None:
+        super().__init__()
+        self.delay = delay
+
+    def create_instance(self, context: InstanceContext) -> ModelInstance:
+        return ThreadRecorder(self.delay)
+
+
+def _runner(delay: float, inline_us: str | None = None) -> InstanceRunner:
+    config = mc.ModelConfig(name="m", max_batch_size=0)
+    if inline_us is not None:
+        config.parameters["conch_inline_max_us"].string_value = inline_us
+    model = ModelContext("m", 1, Path("/nonexistent"), config)
+    return InstanceRunner(RecorderBackend(delay), InstanceContext(model, "m_0", "m", 0, "CPU"))
+
+
+async def _run(runner: InstanceRunner, size: int = 4) -> None:
+    request = InferenceRequest("m")
+    request.inputs["X"] = InferInput("X", "UINT8", [size], np.zeros(size, np.uint8))
+    request.stream = ResponseStream()
+    await runner.run([request])
+    assert (await request.stream.next()).error is None
+
+
+async def test_fast_small_batches_go_inline_after_the_first() -> None:
+    runner = _runner(delay=0)
+    await runner.create()
+    for _ in range(3):
+        await _run(runner)
+    threads = runner.instance.threads  # type: ignore[union-attr]
+    assert threads[0].startswith("conch-m_0")  # first run: on the instance's thread, to measure it
+    assert threads[1:] == [threading.current_thread().name] * 2
+    await _run(runner, size=512 * 1024)  # too big to run inline, however fast
+    assert threads[-1].startswith("conch-m_0")
+    await runner.unload()
+
+
+async def test_slow_or_disabled_stays_on_the_thread() -> None:
+    for runner in (_runner(delay=0.002), _runner(delay=0, inline_us="0")):
+        await runner.create()
+        for _ in range(3):
+            await _run(runner)
+        assert all(t.startswith("conch-m_0") for t in runner.instance.threads)  # type: ignore[union-attr]
+        await runner.unload()
