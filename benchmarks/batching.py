@@ -22,17 +22,11 @@ import csv
 import importlib.util
 import os
 import shutil
-import signal
-import socket
 import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 
-import requests
-
-TRITON = Path(os.environ.get("TRITON_REFERENCE", "/work/shared/tools/triton-reference"))
+from servers import TRITON, start, stop
 
 IDENTITY = """name: "{name}"
 backend: "identity"
@@ -110,44 +104,6 @@ def triton_repository(root: Path) -> list[str]:
     write_model(repo, "add_sub_py", ADD_SUB.format(name="add_sub_py", backend="python", extra=DYNAMIC),
                 {"1/model.py": TRITON_ADD_SUB_PY})
     return ["add_sub_py"]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def start(kind: str, repo: Path, log: Path) -> tuple[subprocess.Popen[bytes], int, int]:
-    http, grpc, metrics = free_port(), free_port(), free_port()
-    flags = [f"--model-repository={repo}", f"--http-port={http}", f"--grpc-port={grpc}", f"--metrics-port={metrics}",
-             "--log-info=false"]  # fmt: skip
-    if kind == "conch":
-        args = [sys.executable, "-m", "conch", "serve", *flags, "--http-address=127.0.0.1", "--grpc-address=127.0.0.1"]
-    else:
-        args = [str(TRITON), "serve", *flags]
-    process = subprocess.Popen(args, stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True)
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise SystemExit(f"{kind} exited:\n{log.read_text()[-3000:]}")
-        try:
-            if requests.get(f"http://127.0.0.1:{http}/v2/health/ready", timeout=1).status_code == 200:
-                return process, http, grpc
-        except requests.RequestException:
-            pass
-        time.sleep(0.2)
-    stop(process)
-    raise SystemExit(f"{kind} did not become ready:\n{log.read_text()[-3000:]}")
-
-
-def stop(process: subprocess.Popen[bytes]) -> None:
-    os.killpg(process.pid, signal.SIGTERM)
-    try:
-        process.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
 
 
 def perf(tool: str, model: str, protocol: str, url: str, concurrency: int, interval_ms: int, out: Path) -> str:

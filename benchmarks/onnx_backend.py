@@ -21,11 +21,8 @@ import argparse
 import csv
 import os
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -33,8 +30,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnxruntime as ort
-import requests
 from onnx import TensorProto, helper
+from servers import TRITON, start, stop
 
 CONFIG = """
 name: "{name}"
@@ -73,7 +70,6 @@ class TritonPythonModel:
             responses.append(pb_utils.InferenceResponse(output_tensors=outputs))
         return responses
 """
-TRITON = Path(os.environ.get("TRITON_REFERENCE", "/work/shared/tools/triton-reference"))
 
 
 def add_sub_graph() -> onnx.ModelProto:
@@ -127,46 +123,6 @@ def raw_loop(path: Path, instances: int, seconds: float) -> tuple[float, float]:
             session.run(names, feed)
             samples.append((clock() - start) / 1000)
     return statistics.median(samples), 1e6 / statistics.fmean(samples)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def start_server(kind: str, repo: Path, log: Path) -> tuple[subprocess.Popen[bytes], int, int]:
-    """``conch serve`` or Triton 2.51 over ``repo`` on free loopback ports, once ready."""
-    http, grpc, metrics = free_port(), free_port(), free_port()
-    flags = [f"--model-repository={repo}", f"--http-port={http}", f"--grpc-port={grpc}", f"--metrics-port={metrics}",
-             "--log-info=false"]  # fmt: skip
-    if kind == "conch":
-        args = [sys.executable, "-m", "conch", "serve", *flags, "--http-address=127.0.0.1", "--grpc-address=127.0.0.1"]
-    else:
-        args = [str(TRITON), "serve", *flags]
-    process = subprocess.Popen(args, stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True)
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise SystemExit(f"{kind} exited:\n{log.read_text()[-3000:]}")
-        try:
-            if requests.get(f"http://127.0.0.1:{http}/v2/health/ready", timeout=1).status_code == 200:
-                return process, http, grpc
-        except requests.RequestException:
-            pass
-        time.sleep(0.2)
-    stop(process)
-    raise SystemExit(f"{kind} did not become ready:\n{log.read_text()[-3000:]}")
-
-
-def stop(process: subprocess.Popen[bytes]) -> None:
-    """End the server and everything it started (Triton's Python stubs)."""
-    os.killpg(process.pid, signal.SIGTERM)
-    try:
-        process.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
 
 
 def perf(
@@ -233,7 +189,7 @@ def run(ns: argparse.Namespace, work: Path) -> None:
     try:
         for server in servers:
             repo = work / ("repo" if server == "conch" else "triton_repo")
-            running[server] = start_server(server, repo, work / f"{server}.log")
+            running[server] = start(server, repo, work / f"{server}.log")
         # Servers measured back to back for each setting, so that both see the same load on a shared machine.
         for protocol in ns.protocols.split(","):
             for model in ("add_sub", "add_sub_dyn"):

@@ -17,19 +17,15 @@ import argparse
 import csv
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-import requests
+from servers import start, stop  # noqa: E402 - run as a script from benchmarks/
 
 ROOT = Path(__file__).resolve().parent.parent
 PERF_ANALYZER = Path(os.environ.get("PERF_ANALYZER", Path.home() / ".cache/conch-tools/bin/perf_analyzer"))
-TRITON = Path(os.environ.get("TRITON_REFERENCE", "/work/shared/tools/triton-reference"))
 
 CONFIG = """
 name: "{name}"
@@ -40,12 +36,6 @@ output [ {{ name: "OUTPUT0" data_type: TYPE_FP32 dims: [ 16 ] }}, {{ name: "OUTP
 instance_group [ {{ count: 1 kind: KIND_CPU }} ]
 {extra}
 """
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def write_repository(root: Path, with_identity: bool = False) -> None:
@@ -61,36 +51,6 @@ def write_repository(root: Path, with_identity: bool = False) -> None:
             (root / twin / "1").mkdir(parents=True)
             config = CONFIG.format(name=twin, extra=extra).replace('backend: "python"', 'backend: "identity"')
             (root / twin / "config.pbtxt").write_text(config)
-
-
-def start(kind: str, repo: Path, log: Path) -> tuple[subprocess.Popen[bytes], int, int]:
-    http, grpc, metrics = free_port(), free_port(), free_port()
-    flags = [f"--model-repository={repo}", f"--http-port={http}", f"--grpc-port={grpc}", f"--metrics-port={metrics}"]
-    if kind == "conch":
-        command = [sys.executable, "-m", "conch", "serve", *flags, "--log-info=false"]
-    else:
-        command = [str(TRITON), "serve", *flags, "--log-info=false"]
-    process = subprocess.Popen(command, stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True)
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise SystemExit(f"{kind} exited: {log.read_text()[-3000:]}")
-        try:
-            if requests.get(f"http://127.0.0.1:{http}/v2/health/ready", timeout=1).status_code == 200:
-                return process, http, grpc
-        except requests.RequestException:
-            pass
-        time.sleep(0.2)
-    raise SystemExit(f"{kind} did not become ready: {log.read_text()[-3000:]}")
-
-
-def stop(process: subprocess.Popen[bytes]) -> None:
-    os.killpg(process.pid, signal.SIGTERM)
-    try:
-        process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
 
 
 def perf(model: str, url: str, protocol: str, concurrency: int, interval_ms: int, out: Path) -> dict[str, float]:
