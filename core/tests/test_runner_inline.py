@@ -40,7 +40,7 @@ class RecorderBackend(Backend):
 def _runner(delay: float, inline_us: str | None = None) -> InstanceRunner:
     config = mc.ModelConfig(name="m", max_batch_size=0)
     if inline_us is not None:
-        config.parameters["conch_inline_max_us"].string_value = inline_us
+        config.parameters["inline_max_us"].string_value = inline_us
     model = ModelContext("m", 1, Path("/nonexistent"), config)
     return InstanceRunner(RecorderBackend(delay), InstanceContext(model, "m_0", "m", 0, "CPU"))
 
@@ -73,3 +73,12 @@ async def test_slow_or_disabled_stays_on_the_thread() -> None:
             await _run(runner)
         assert all(t.startswith("conch-m_0") for t in runner.instance.threads)  # type: ignore[union-attr]
         await runner.unload()
+
+
+def test_bad_threshold_is_a_clear_error() -> None:
+    import pytest
+
+    from conch.errors import ConchError
+
+    with pytest.raises(ConchError, match="parameter 'inline_max_us' must be a non-negative integer, got 'soon'"):
+        _runner(delay=0, inline_us="soon")

@@ -20,8 +20,9 @@ from conch.tensors import config_to_protocol
 log = logging.getLogger("conch.scheduling")
 
 #: A synchronous execution that recently took less than this runs right on the event loop: handing it
-#: to the instance's thread and back costs more than the execution itself. Model config parameter
-#: ``conch_inline_max_us`` changes it; 0 always uses the thread.
+#: to the instance's thread and back costs more than the execution itself. The model config parameter
+#: ``inline_max_us`` (else the backend setting ``--backend-config=<backend>,inline_max_us=<n>``)
+#: changes it; 0 always uses the thread.
 DEFAULT_INLINE_MAX_US = 100
 #: Batches with more input than this always go to the thread, however fast the last ones were.
 INLINE_MAX_INPUT_BYTES = 256 * 1024
@@ -40,8 +41,7 @@ class InstanceRunner:
         self._output_types = {o.name: config_to_protocol(o.data_type) for o in context.model.config.output}
         self._is_async = False
         self._concatenate = backend.batching is Batching.CONCATENATE
-        inline_us = context.model.parameter("conch_inline_max_us", str(DEFAULT_INLINE_MAX_US))
-        self._inline_max_ns = int(inline_us or 0) * 1000
+        self._inline_max_ns = _inline_max_us(context) * 1000
         self._recent_ns: float | None = None  # moving average of the execution itself, thread hop excluded
         self.busy = False
 
@@ -174,6 +174,22 @@ class InstanceRunner:
             except Exception:  # noqa: BLE001
                 log.exception("model instance '%s' failed to unload", self.name)
         self._executor.shutdown(wait=False)
+
+
+def _inline_max_us(context: InstanceContext) -> int:
+    model = context.model
+    default = model.backend_settings.get("inline_max_us", str(DEFAULT_INLINE_MAX_US))
+    text = model.parameter("inline_max_us", default) or ""
+    try:
+        value = int(text.strip())
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise ConchError(
+            f"model '{model.name}': parameter 'inline_max_us' must be a non-negative integer, got '{text}'",
+            ErrorCode.INVALID_ARG,
+        )
+    return value
 
 
 def _input_bytes(requests: list[InferenceRequest]) -> int:

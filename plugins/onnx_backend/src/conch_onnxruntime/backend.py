@@ -12,7 +12,6 @@ from conch import Backend, Batching, ConchError, ErrorCode, InstanceContext, Mod
 from conch_onnxruntime.autocomplete import auto_complete, needs_graph
 from conch_onnxruntime.checks import check_config
 from conch_onnxruntime.errors import load_error
-from conch_onnxruntime.inline import inline_max_us
 from conch_onnxruntime.instance import OnnxInstance
 from conch_onnxruntime.model_file import graph_path
 from conch_onnxruntime.options import SessionSettings, session_settings
@@ -63,11 +62,7 @@ class OnnxRuntimeBackend(Backend):
             settings.inter_op_threads,
             settings.graph_level,
         )
-        params = {key: value.string_value for key, value in model.config.parameters.items()}
-        inline_us = inline_max_us(model.name, params, model.backend_settings)
-        return OnnxInstance(
-            session, model.config, signature, settings.run_options(ort), ort, name=context.name, inline_max_us=inline_us
-        )
+        return OnnxInstance(session, model.config, signature, settings.run_options(ort), ort, name=context.name)
 
     def describe(self) -> dict[str, Any]:
         info = super().describe()

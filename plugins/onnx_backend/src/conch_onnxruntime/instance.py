@@ -1,4 +1,4 @@
-"""One model instance: an ``InferenceSession``, run on the instance's own thread or, when short, inline.
+"""One model instance: an ``InferenceSession`` running concatenated batches.
 
 Inputs arrive concatenated along the batch dimension as numpy arrays and go to ``session.run``
 as they are (ONNX Runtime reads numpy memory in place on CPU); outputs come back as the arrays
@@ -10,17 +10,14 @@ ONNX Runtime returns. Only what ONNX Runtime's Python API cannot take is convert
 - output ``reshape``: the graph's shape becomes the config's ``dims``;
 - BF16: numpy has no bfloat16, so such models run through ``OrtValue`` holding the uint16 bits.
 
-``execute_batch`` is a coroutine: it runs the batch on the event loop when :mod:`.inline` allows,
-else on the instance's own thread.
+``execute_batch`` is synchronous: Conch's runner calls it on the instance's own thread, or right on
+the event loop when recent runs were shorter than a thread hop (the core's ``inline_max_us``).
 """
 
 from __future__ import annotations
 
-import asyncio
 import ctypes
-import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -28,7 +25,6 @@ import numpy as np
 from conch import ConchError, ErrorCode, ModelInstance
 from conch_onnxruntime.datatypes import ONNX_BFLOAT16
 from conch_onnxruntime.errors import run_error
-from conch_onnxruntime.inline import InlinePolicy
 from conch_onnxruntime.signature import GraphSignature
 
 if TYPE_CHECKING:
@@ -52,7 +48,6 @@ class OnnxInstance(ModelInstance):
         ort: Any,
         *,
         name: str = "",
-        inline_max_us: int = 0,
     ):
         self.session = session
         self.model = config.name
@@ -70,20 +65,12 @@ class OnnxInstance(ModelInstance):
             )
         self._input_fixes = _input_fixes(config, signature, self.model)
         self._output_fixes = _output_fixes(config, signature)
-        self.inline = InlinePolicy(inline_max_us)
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"conch-ort-{name or config.name}")
 
-    async def execute_batch(  # type: ignore[override]  # the contract allows a coroutine
-        self, inputs: dict[str, np.ndarray], output_names: list[str]
-    ) -> dict[str, np.ndarray]:
-        if self.inline.allows(inputs):
-            return self.run(inputs, output_names)
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self.run, inputs, output_names)
+    def execute_batch(self, inputs: dict[str, np.ndarray], output_names: list[str]) -> dict[str, np.ndarray]:
+        return self.run(inputs, output_names)
 
     def run(self, inputs: dict[str, np.ndarray], output_names: list[str]) -> dict[str, np.ndarray]:
         """Run one batch on the calling thread; ONNX Runtime failures become the model's errors."""
-        started = time.perf_counter_ns()
         feed = inputs
         if self._input_fixes:
             feed = dict(inputs)
@@ -103,7 +90,6 @@ class OnnxInstance(ModelInstance):
         for name, fix in self._output_fixes.items():
             if name in outputs:
                 outputs[name] = fix(outputs[name])
-        self.inline.observe(time.perf_counter_ns() - started)
         return outputs
 
     def _run_ort_values(self, feed: dict[str, Any], output_names: list[str]) -> list[np.ndarray]:
@@ -116,7 +102,6 @@ class OnnxInstance(ModelInstance):
         return [_bf16_array(value) if value.element_type() == ONNX_BFLOAT16 else value.numpy() for value in results]
 
     def unload(self) -> None:
-        self._executor.shutdown(wait=True)
         self.session = None
         self._run = None
 
