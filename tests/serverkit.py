@@ -10,7 +10,6 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import requests
 
@@ -139,9 +138,3 @@ ALL_TYPES = [
     "BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64",
     "FP16", "FP32", "FP64", "STRING", "BF16",
 ]
-
-
-
-
-def json_body(response: Any) -> Any:
-    return response.json()

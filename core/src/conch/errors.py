@@ -37,19 +37,3 @@ class ConchError(Exception):
 
 def invalid_arg(message: str) -> ConchError:
     return ConchError(message, ErrorCode.INVALID_ARG)
-
-
-def not_found(message: str) -> ConchError:
-    return ConchError(message, ErrorCode.NOT_FOUND)
-
-
-def unavailable(message: str) -> ConchError:
-    return ConchError(message, ErrorCode.UNAVAILABLE)
-
-
-def unsupported(message: str) -> ConchError:
-    return ConchError(message, ErrorCode.UNSUPPORTED)
-
-
-def internal(message: str) -> ConchError:
-    return ConchError(message, ErrorCode.INTERNAL)

@@ -46,7 +46,6 @@ _ROWS = [
 ]
 
 BY_NAME: dict[str, DataType] = {row.name: row for row in _ROWS}
-BY_CONFIG_NAME: dict[str, DataType] = {row.config_name: row for row in _ROWS}
 BY_CONFIG_NUMBER: dict[int, DataType] = {row.config_number: row for row in _ROWS}
 
 
@@ -142,8 +141,3 @@ def to_raw(dt: DataType, array: np.ndarray) -> bytes | memoryview:
         return b""
     array = np.ascontiguousarray(array)
     return memoryview(array).cast("B")  # type: ignore[arg-type]
-
-
-def raw_byte_size(dt: DataType, array: np.ndarray) -> int:
-    """Byte size of the raw form of a non-BYTES tensor."""
-    return int(array.size) * dt.itemsize
