@@ -153,6 +153,29 @@ def test_metrics_config_summaries_and_no_counters(tmp_path: Path) -> None:
     assert _value(text, "nv_inference_queue_summary_us", model="m", version="1", quantile="0.99") is not None
 
 
+def test_metrics_config_first_response_histogram(tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    write_model(repo, "m", identity_config("m"))
+    write_model(repo, "slow", identity_config(
+        "slow", extra='parameters [ { key: "execute_delay_ms" value: { string_value: "150" } } ]'))
+    server = start_server([repo], tmp_path, "--metrics-config=histogram_latencies=true")
+    try:
+        for _ in range(3):
+            _infer(server.http_url, "m", 1)
+        _infer(server.http_url, "slow", 1)
+        text = _metrics(server)
+    finally:
+        server.stop()
+    name = "nv_inference_first_response_histogram_ms"
+    assert f"# TYPE {name} histogram" in text
+    assert _value(text, f"{name}_count", model="m", version="1") == 3
+    assert _value(text, f"{name}_bucket", model="m", version="1", le="100") == 3
+    # the slow model's request took over 150 ms: above the first bound, within the second
+    assert _value(text, f"{name}_bucket", model="slow", version="1", le="100") == 0
+    assert _value(text, f"{name}_bucket", model="slow", version="1", le="500") == 1
+    assert _value(text, f"{name}_bucket", model="slow", version="1", le="+Inf") == 1
+
+
 def test_allow_metrics_false_opens_no_port(tmp_path: Path) -> None:
     repo = tmp_path / "repo"
     write_model(repo, "m", identity_config("m"))

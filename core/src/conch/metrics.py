@@ -62,6 +62,10 @@ _GPU = (  # (family, HELP, type, sample key)
 )
 
 
+#: Bucket bounds (ms) of ``nv_inference_first_response_histogram_ms`` with ``histogram_latencies=true``.
+FIRST_RESPONSE_BUCKETS_MS = (100.0, 500.0, 2000.0, 5000.0)
+
+
 @dataclass
 class MetricsOptions:
     """``--allow-metrics`` and friends, ``--metrics-config`` parsed."""
@@ -249,6 +253,8 @@ class Metrics:
         self._task: asyncio.Task[None] | None = None
         if options.summary_latencies:
             ModelStats.keep_samples = True
+        if options.histogram_latencies:
+            ModelStats.first_response_buckets_ms = FIRST_RESPONSE_BUCKETS_MS
 
     def start(self) -> None:
         self.system.sample()
@@ -300,6 +306,8 @@ class Metrics:
         self._batch_sizes(out, rows)
         if self.options.summary_latencies:
             self._summaries(out, rows)
+        if self.options.histogram_latencies:
+            self._first_response(out, rows)
         self._system(out)
         return out.render()
 
@@ -329,6 +337,19 @@ class Metrics:
             out.sample(f"{name}_bucket", (*labels, ("le", "+Inf")), sum(counts.values()))
             out.sample(f"{name}_count", labels, sum(counts.values()))
             out.sample(f"{name}_sum", labels, sum(s * c for s, c in counts.items()))
+
+    @staticmethod
+    def _first_response(out: _Text, rows: list[tuple[ModelVersion, Any]]) -> None:
+        name = "nv_inference_first_response_histogram_ms"
+        out.family(name, "Duration from request to first response in milliseconds", "histogram")
+        for mv, labels in rows:
+            histogram = mv.stats.first_response
+            if histogram is None:
+                continue
+            for le, count in histogram.cumulative():
+                out.sample(f"{name}_bucket", (*labels, ("le", le)), count)
+            out.sample(f"{name}_sum", labels, histogram.sum)
+            out.sample(f"{name}_count", labels, histogram.total)
 
     def _summaries(self, out: _Text, rows: list[tuple[ModelVersion, Any]]) -> None:
         for name, help_text, kind in _SUMMARIES:

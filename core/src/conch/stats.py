@@ -5,6 +5,7 @@ Counters are plain integers updated on the event loop (no locks); a snapshot is 
 
 from __future__ import annotations
 
+import bisect
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -38,10 +39,13 @@ class ModelStats:
     """Triton's ``$model_stat`` for one model version."""
 
     keep_samples: ClassVar[bool] = False  # class-wide: set once at start-up when summaries are enabled
+    #: Bucket bounds (ms) of the first-response histogram; set once at start-up when it is enabled.
+    first_response_buckets_ms: ClassVar[tuple[float, ...] | None] = None
 
     __slots__ = (
         "last_inference_ms", "inference_count", "execution_count", "success", "fail", "queue",
         "compute_input", "compute_infer", "compute_output", "batches", "failures", "samples",
+        "first_response",
     )
 
     def __init__(self) -> None:
@@ -58,6 +62,8 @@ class ModelStats:
         self.failures = dict.fromkeys(FAILURE_REASONS, 0)
         # Recent latencies, kept only when the summary metrics are enabled (``--metrics-config``).
         self.samples: LatencySamples | None = LatencySamples() if ModelStats.keep_samples else None
+        buckets = ModelStats.first_response_buckets_ms
+        self.first_response: Histogram | None = Histogram(buckets) if buckets else None
 
     def record_execution(self, batch_size: int, requests: int, input_ns: int, infer_ns: int, output_ns: int) -> None:
         """One execution of ``requests`` requests holding ``batch_size`` inferences in all."""
@@ -82,6 +88,8 @@ class ModelStats:
             self.queue.add(queue_ns)
             if self.samples is not None:
                 self.samples.add_request(total_ns, queue_ns)
+            if self.first_response is not None:
+                self.first_response.observe(total_ns / 1e6)
         else:
             self.failures["BACKEND"] += 1
 
@@ -119,6 +127,31 @@ class ModelStats:
             ],
             "memory_usage": [],
         }
+
+
+class Histogram:
+    """Counts per bucket (upper bounds, plus +Inf last), their sum and count: a Prometheus histogram."""
+
+    __slots__ = ("bounds", "counts", "total", "sum")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = tuple(sorted(bounds))
+        self.counts = [0] * (len(self.bounds) + 1)
+        self.total = 0
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect.bisect_left(self.bounds, value)] += 1
+        self.total += 1
+        self.sum += value
+
+    def cumulative(self) -> list[tuple[str, int]]:
+        """``(le, count)`` pairs, cumulative, ending with ``+Inf``."""
+        out, running = [], 0
+        for bound, count in zip((*self.bounds, None), self.counts, strict=True):
+            running += count
+            out.append(("+Inf" if bound is None else f"{bound:g}", running))
+        return out
 
 
 class LatencySamples:
