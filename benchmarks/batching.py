@@ -20,13 +20,12 @@ from __future__ import annotations
 import argparse
 import csv
 import importlib.util
-import os
 import shutil
 import subprocess
 import tempfile
 from pathlib import Path
 
-from servers import TRITON, start, stop
+from servers import TRITON, default_perf_analyzer, start, stop
 
 IDENTITY = """name: "{name}"
 backend: "identity"
@@ -132,8 +131,7 @@ def perf(tool: str, model: str, protocol: str, url: str, concurrency: int, inter
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    default_tool = os.environ.get("PERF_ANALYZER") or str(Path.home() / ".cache/conch-tools/bin/perf_analyzer")
-    parser.add_argument("--perf-analyzer", default=default_tool if Path(default_tool).exists() else "perf_analyzer")
+    parser.add_argument("--perf-analyzer", default=default_perf_analyzer())
     parser.add_argument("--concurrency", default="16,64")
     parser.add_argument("--protocols", default="http")
     parser.add_argument("--interval-ms", type=int, default=2000)

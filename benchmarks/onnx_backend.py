@@ -31,7 +31,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper
-from servers import TRITON, start, stop
+from servers import TRITON, default_perf_analyzer, start, stop
 
 CONFIG = """
 name: "{name}"
@@ -155,8 +155,7 @@ def _cells(result: dict[str, float] | None) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    default_tool = os.environ.get("PERF_ANALYZER") or str(Path.home() / ".cache/conch-tools/bin/perf_analyzer")
-    parser.add_argument("--perf-analyzer", default=default_tool if Path(default_tool).exists() else "perf_analyzer")
+    parser.add_argument("--perf-analyzer", default=default_perf_analyzer())
     parser.add_argument("--concurrency", default="1,4,16")
     parser.add_argument("--protocols", default="http,grpc")
     parser.add_argument("--interval-ms", type=int, default=2000)

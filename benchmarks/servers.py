@@ -19,6 +19,12 @@ import requests
 TRITON = Path(os.environ.get("TRITON_REFERENCE", "/work/shared/tools/triton-reference"))
 
 
+def default_perf_analyzer() -> str:
+    """``$PERF_ANALYZER``, else the copy ../shared/tools installs (when present), else ``perf_analyzer`` on PATH."""
+    tool = os.environ.get("PERF_ANALYZER") or str(Path.home() / ".cache/conch-tools/bin/perf_analyzer")
+    return tool if Path(tool).exists() else "perf_analyzer"
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

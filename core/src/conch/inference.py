@@ -61,6 +61,18 @@ class InferenceResponse:
     final: bool = True
 
 
+def call_on_loop(loop: asyncio.AbstractEventLoop, callback: Callable[..., object], *args: object) -> None:
+    """Call ``callback(*args)`` now when running on ``loop``, else schedule it there (from any thread)."""
+    try:
+        running = asyncio.get_running_loop()
+    except RuntimeError:
+        running = None
+    if running is loop:
+        callback(*args)
+    else:
+        loop.call_soon_threadsafe(callback, *args)
+
+
 class ResponseStream:
     """Where a request's responses go; safe to call ``send`` from any thread.
 
@@ -82,14 +94,7 @@ class ResponseStream:
             return
         if response.final:
             self.done = True
-        try:
-            running = asyncio.get_running_loop()
-        except RuntimeError:
-            running = None
-        if running is self._loop:
-            self._deliver(response)
-        else:
-            self._loop.call_soon_threadsafe(self._deliver, response)
+        call_on_loop(self._loop, self._deliver, response)
 
     def _deliver(self, response: InferenceResponse) -> None:
         self._queue.put_nowait(response)

@@ -149,12 +149,6 @@ class Plugins:
         self._backends = table
         return table
 
-    def backend_for_platform(self, platform: str) -> Backend | None:
-        for backend in self.backends().values():
-            if platform in backend.platforms:
-                return backend
-        return None
-
     def _record_for(self, plugin_name: str) -> PluginRecord | None:
         for record in self.records:
             if record.module == plugin_name or record.name == plugin_name:

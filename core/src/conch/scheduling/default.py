@@ -18,7 +18,6 @@ class DefaultScheduler(Scheduler):
         self.runners = runners
         self._queue: asyncio.Queue[InferenceRequest | None] = asyncio.Queue()
         self._workers: list[asyncio.Task[None]] = []
-        self._executing = 0
 
     @property
     def pending(self) -> int:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 
-from conch.inference import InferenceRequest, InferenceResponse, ResponseStream
+from conch.inference import InferenceRequest, InferenceResponse, ResponseStream, call_on_loop
 
 
 class _OrderedStream(ResponseStream):
@@ -29,15 +29,7 @@ class _OrderedStream(ResponseStream):
         self.inner.cancelled = value
 
     def send(self, response: InferenceResponse) -> None:
-        loop = self.orderer.loop
-        try:
-            running = asyncio.get_running_loop()
-        except RuntimeError:
-            running = None
-        if running is loop:
-            self.orderer.deliver(self.ticket, response)
-        else:
-            loop.call_soon_threadsafe(self.orderer.deliver, self.ticket, response)
+        call_on_loop(self.orderer.loop, self.orderer.deliver, self.ticket, response)
 
 
 class ResponseOrderer:

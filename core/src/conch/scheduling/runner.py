@@ -134,7 +134,7 @@ class InstanceRunner:
         assert self.instance is not None
         begin = time.monotonic_ns()
         if len(requests) == 1:
-            inputs = {name: request_input for name, request_input in _arrays(requests[0]).items()}
+            inputs = _arrays(requests[0])
         else:
             names = requests[0].inputs.keys()
             inputs = {name: np.concatenate([r.input_array(name) for r in requests], axis=0) for name in names}

@@ -380,14 +380,12 @@ def _shared_memory(method: str, kind: str, region: str, action: str) -> Response
     _allow(method, "GET" if action == "status" else "POST")
     if action == "status":
         if region:
-            label = "cuda" if kind == "cuda" else "system"
-            raise ConchError(f"Unable to find {label} shared memory region: '{region}'", ErrorCode.NOT_FOUND)
+            raise ConchError(f"Unable to find {kind} shared memory region: '{region}'", ErrorCode.NOT_FOUND)
         return json_response([])
     if action == "unregister":
         return empty_response(JSON)
     if not region:
-        label = "cuda" if kind == "cuda" else "system"
-        raise ConchError(f"'region name' is necessary to register {label} shared memory region")
+        raise ConchError(f"'region name' is necessary to register {kind} shared memory region")
     raise MISSING_FEATURES[kind]
 
 
