@@ -343,3 +343,27 @@ def test_backlog_delay_hook_is_read_from_the_environment(monkeypatch: pytest.Mon
         return DynamicBatcher([], config(""), ModelStats())._backlog_count
 
     assert asyncio.run(main()) == 3
+
+
+def test_cancelled_after_aging_or_delay_is_dropped_and_counted() -> None:
+    """Requests moved ahead by aging, or parked by a DELAY timeout, still leave the queue when cancelled."""
+    batching = config(
+        "priority_levels: 2 default_priority_level: 2 "
+        "default_queue_policy { timeout_action: DELAY default_timeout_microseconds: 1000 }"
+    ).dynamic_batching
+    queue = PriorityQueue(batching, aging_ns=1_000)
+    aged, delayed = request("aged"), request("delayed", priority=1)
+    loop = asyncio.new_event_loop()
+    aged.stream, delayed.stream = ResponseStream(loop), ResponseStream(loop)
+    queue.push(aged, 1, None, now_ns=0)
+    queue.push(delayed, 1, None, now_ns=0)
+    queue.apply_policies(now_ns=2_000_000)  # aged past 1 µs; the other's 1 ms timeout expired: DELAY
+    assert len(queue) == 2
+    for req in (aged, delayed):
+        assert req.stream is not None
+        req.stream.cancelled = True
+    rejected, cancelled = queue.apply_policies(now_ns=2_000_001)
+    assert rejected == []
+    assert sorted(e.request.id for e in cancelled) == ["aged", "delayed"]
+    assert len(queue) == 0 and list(queue.ordered()) == []
+    loop.close()

@@ -149,8 +149,12 @@ class PriorityQueue:
                 else:
                     kept.append(entry)
             level.queue = kept
+        for number in self._order:
+            level = self._levels[number]
+            if level.delayed:
+                level.delayed = _without_cancelled(level.delayed, cancelled)
         if self._aged:
-            self._aged = deque(e for e in self._aged if not (e.request.stream is not None and e.request.stream.cancelled))
+            self._aged = _without_cancelled(self._aged, cancelled)
         self._size -= len(rejected) + len(cancelled)
         return rejected, cancelled
 
@@ -191,3 +195,12 @@ class PriorityQueue:
                 if not soonest or aging_at < soonest:
                     soonest = aging_at
         return soonest
+
+
+def _without_cancelled(entries: deque[Entry], cancelled: list[Entry]) -> deque[Entry]:
+    """``entries`` minus those whose client cancelled; those are appended to ``cancelled``."""
+    kept: deque[Entry] = deque()
+    for entry in entries:
+        stream = entry.request.stream
+        (cancelled if stream is not None and stream.cancelled else kept).append(entry)
+    return kept
