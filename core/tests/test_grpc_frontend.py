@@ -207,7 +207,7 @@ class FakeService:
         self.unloads.append((name, unload_dependents))
         raise ConchError(POLLING_ERROR, ErrorCode.UNAVAILABLE)
 
-    def submit(self, request: InferenceRequest) -> ResponseStream:
+    def submit(self, request: InferenceRequest, model: Any = None) -> ResponseStream:
         model = self.model(request.model_name, request.model_version)
         validate(request, model.signature)
         request.version_label = str(model.version)
@@ -218,7 +218,7 @@ class FakeService:
         task.add_done_callback(self._tasks.discard)
         return stream
 
-    async def infer(self, request: InferenceRequest) -> InferenceResponse:
+    async def infer(self, request: InferenceRequest, model: Any = None) -> InferenceResponse:
         stream = self.submit(request)
         response = await stream.next()
         if response.error is not None:

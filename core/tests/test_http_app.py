@@ -148,7 +148,7 @@ class FakeService:
     def plugin_list(self) -> list[dict[str, Any]]:
         return [{"name": "identity", "kind": "backend"}]
 
-    def submit(self, request: InferenceRequest) -> ResponseStream:
+    def submit(self, request: InferenceRequest, model: Any = None) -> ResponseStream:
         """Validate (errors raised, as the real service does) and answer at once on a stream."""
         if isinstance(self.fail_with, ConchError) and self.fail_with.code is ErrorCode.UNAVAILABLE:
             raise self.fail_with  # e.g. a full queue: refused at submission
@@ -171,7 +171,7 @@ class FakeService:
         request.respond(InferenceResponse(outputs=outputs))
         return request.stream
 
-    async def infer(self, request: InferenceRequest) -> InferenceResponse:
+    async def infer(self, request: InferenceRequest, model: Any = None) -> InferenceResponse:
         response = await self.submit(request).next()
         if response.error is not None:
             raise response.error
@@ -592,7 +592,7 @@ def test_errors_of_execution_and_of_submission(client: TestClient, service: Fake
 
 
 def test_unexpected_exception_is_a_500_and_the_server_lives_on(client: TestClient, service: FakeService) -> None:
-    def explode(request: InferenceRequest) -> None:
+    def explode(request: InferenceRequest, model: Any = None) -> None:
         raise RuntimeError("scheduler exploded")
 
     service.submit = explode  # type: ignore[assignment,method-assign]

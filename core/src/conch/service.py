@@ -117,24 +117,27 @@ class InferenceService:
 
     # -- inference -------------------------------------------------------------------------------
 
-    def submit(self, request: InferenceRequest) -> ResponseStream:
+    def submit(self, request: InferenceRequest, model: ModelVersion | None = None) -> ResponseStream:
         """Validate and enqueue a request; its responses arrive on the returned stream.
 
-        Raises :class:`ConchError` for anything wrong with the request itself (unknown model,
-        validation); errors during execution arrive as error responses on the stream.
+        ``model`` is the version the caller already looked up (frontends do, to check it first);
+        without it the request's model name and version pick it. Raises :class:`ConchError` for
+        anything wrong with the request itself (unknown model, validation); errors during execution
+        arrive as error responses on the stream.
         """
         if not self.accepting:
             raise ConchError("Server is shutting down, not accepting new requests", ErrorCode.UNAVAILABLE)
-        model = self.models.get(request.model_name, request.model_version)
+        if model is None:
+            model = self.models.get(request.model_name, request.model_version)
         stream = ResponseStream()
         request.stream = stream
         model.submit(request)
         self._track(stream)
         return stream
 
-    async def infer(self, request: InferenceRequest) -> InferenceResponse:
+    async def infer(self, request: InferenceRequest, model: ModelVersion | None = None) -> InferenceResponse:
         """Submit and wait for the (single, final) response; error responses are raised."""
-        stream = self.submit(request)
+        stream = self.submit(request, model)
         response = await stream.next()
         if response.error is not None:
             raise response.error

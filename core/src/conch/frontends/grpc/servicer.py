@@ -201,7 +201,7 @@ class GRPCInferenceServicer:
             raise ConchError(DECOUPLED_UNARY, ErrorCode.UNSUPPORTED)
         request, _ = codec.decode_request(wire, version)
         try:
-            response = await self.service.infer(request)
+            response = await self.service.infer(request, model)
         except asyncio.CancelledError:
             if request.stream is not None:
                 request.stream.cancelled = True
@@ -364,7 +364,7 @@ class _StreamSession:
         if error is None:
             try:
                 request, empty_final = codec.decode_request(wire, version)
-                stream = self.service.submit(request)
+                stream = self.service.submit(request, model)
             except Exception as exc:  # noqa: BLE001 - reported on the stream
                 error = exc
         if error is not None:

@@ -221,7 +221,7 @@ class HTTPApp:
             decoded = codec.decode_raw_request(body, model.name, model.version, model.config)
         else:
             decoded = codec.decode_infer_request(body, header_length, model.name, model.version)
-        stream = self.service.submit(decoded.request)
+        stream = self.service.submit(decoded.request, model)
         # Errors of the response (execution, encoding) are plain again.
         try:
             response = await _response_or_disconnect(stream, receive)
