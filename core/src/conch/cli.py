@@ -35,7 +35,7 @@ UNIMPLEMENTED_TRITON_FLAGS: dict[str, bool] = {
     "--grpc-http2-min-recv-ping-interval-without-data": True, "--grpc-http2-max-ping-strikes": True,
     "--grpc-max-connection-age": True, "--grpc-max-connection-age-grace": True,
     "--grpc-infer-thread-count": True, "--grpc-restricted-api": True,
-    "--repository-poll-secs": True, "--model-load-retry-count": True, "--model-namespacing": True,
+    "--model-load-retry-count": True, "--model-namespacing": True,
     "--allow-client-shm": True, "--backend-directory": True, "--repoagent-directory": True,
     "--cache-config": True, "--cache-directory": True, "--response-cache-byte-size": True,
     "--rate-limit": True, "--rate-limit-resource": True, "--pinned-memory-pool-byte-size": True,
@@ -91,6 +91,7 @@ def _serve_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--load-model", action="append", default=[], metavar="NAME")
     p.add_argument("--model-config-name", default=None)
     p.add_argument("--model-load-thread-count", type=int, default=4)
+    p.add_argument("--repository-poll-secs", type=int, default=15, help="poll mode: seconds between polls")
     p.add_argument("--log-verbose", type=int, default=0)
     _add_bool(p, "--log-info", True, "log informational messages")
     _add_bool(p, "--log-warning", True, "log warnings")
@@ -152,6 +153,7 @@ def _serve_options(ns: argparse.Namespace) -> ServerOptions:
         auto_complete=not (ns.disable_auto_complete_config or ns.strict_model_config),
         config_name=ns.model_config_name,
         load_thread_count=ns.model_load_thread_count,
+        poll_secs=ns.repository_poll_secs,
         default_max_batch_size=default_mbs,
         gpu_count=gpu_count(),
         backend_settings=backend_settings,

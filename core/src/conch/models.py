@@ -20,15 +20,18 @@ from typing import TYPE_CHECKING, Any
 from conch.backend import Backend, InstanceContext, ModelContext
 from conch.errors import ConchError, ErrorCode
 from conch.inference import InferenceRequest
+from conch.overrides import LoadOverrides, OverrideFolder, parse_load_parameters
+from conch.repository import ModelLocation, fingerprint
 from conch.scheduling import DefaultScheduler, InstanceRunner, Scheduler
 from conch.stats import ModelStats
 from conch.tensors import config_to_protocol
 from conch.validation import Signature, validate
+from conch.warmup import run_warmup, warmup_samples
 
 if TYPE_CHECKING:
     from conch._proto.model_config_pb2 import ModelConfig
     from conch.plugins import Plugins
-    from conch.repository import ModelLocation, Repository
+    from conch.repository import Repository
 
 log = logging.getLogger("conch.models")
 
@@ -50,6 +53,7 @@ class ManagerOptions:
     auto_complete: bool = True
     config_name: str | None = None
     load_thread_count: int = 4
+    poll_secs: int = 15  # poll mode: seconds between polls of the repositories (0: never)
     default_max_batch_size: int = 4
     gpu_count: int = 0
     backend_settings: dict[str, dict[str, str]] = field(default_factory=dict)  # "" holds global keys
@@ -74,6 +78,8 @@ class ModelVersion:
         self.load_seconds = 0.0
         self.stats = ModelStats()
         self.service: Any = None  # the InferenceService, handed to backends through ModelContext.server
+        self.source: OverrideFolder | None = None  # the private folder of load-API override files, if any
+        self.replaced_by: ModelVersion | None = None  # set when a reload swapped in a new instance of it
 
     def is_ready(self) -> bool:
         return self.state is ModelState.READY and all(runner.is_ready() for runner in self.runners)
@@ -88,7 +94,15 @@ class ModelVersion:
         return "; ".join(r for r in reasons if r)
 
     def submit(self, request: InferenceRequest) -> None:
-        """Validate and enqueue; raises ConchError for a bad request."""
+        """Validate and enqueue; raises ConchError for a bad request.
+
+        A request that looked this version up just before a reload swapped it goes to its successor;
+        one that looked it up just before an unload gets Triton's unknown-model error.
+        """
+        if self.state is not ModelState.READY:
+            if self.replaced_by is not None:
+                return self.replaced_by.submit(request)
+            raise ConchError(f"Request for unknown model: '{self.name}' has no available versions", ErrorCode.NOT_FOUND)
         validate(request, self.signature)
         request.version_label = self.label
         assert self.scheduler is not None
@@ -132,6 +146,12 @@ class ModelVersion:
         if errors:
             await self._release()
             raise errors[0]
+        try:
+            samples = await asyncio.to_thread(warmup_samples, self.config, model_dir)
+            await run_warmup(self.runners, samples, self.name, self.signature)
+        except BaseException:
+            await self._release()
+            raise
         self.scheduler = self._make_scheduler()
         await self.scheduler.start()
         self.load_seconds = time.monotonic() - started
@@ -167,9 +187,15 @@ class ModelEntry:
         self.state = ModelState.UNKNOWN  # the model's own state when no version could be created
         self.reason = ""
         self.lock = asyncio.Lock()  # one load or unload of a model at a time
+        self.fingerprint: tuple[Any, ...] | None = None  # the model folder as last loaded (poll mode)
+        self.api_failed = False  # its last load came through the API and left nothing serving
 
     def ready_versions(self) -> list[int]:
         return sorted(v for v, mv in self.versions.items() if mv.state is ModelState.READY)
+
+
+class LoadFailed(ConchError):
+    """A load that did not leave the model serving what was asked; the message says why (Triton's text)."""
 
 
 class ModelManager:
@@ -182,6 +208,7 @@ class ModelManager:
         self.entries: dict[str, ModelEntry] = {}
         self.service: Any = None  # set by the InferenceService built over this manager
         self._load_slots = asyncio.Semaphore(max(1, options.load_thread_count))
+        self._pending: dict[str, tuple[tuple[Any, ...], asyncio.Future[LoadFailed | None]]] = {}
 
     # -- start-up and shutdown ----------------------------------------------------------------
 
@@ -205,25 +232,64 @@ class ModelManager:
 
     # -- load and unload ----------------------------------------------------------------------
 
-    async def load(self, name: str) -> ModelEntry:
-        """Load (or reload) every version the policy selects; failures are recorded, not raised."""
-        entry = self.entries.get(name)
-        if entry is None or entry.location is None:
-            entry = self.entries.setdefault(name, ModelEntry(name, None))
-            if not entry.reason:
-                entry.state, entry.reason = ModelState.UNAVAILABLE, f"failed to load '{name}', no model in repository"
-            return entry
-        async with entry.lock, self._load_slots:
-            await self._load_entry(entry)
-        return entry
+    async def load(self, name: str, overrides: LoadOverrides | None = None) -> LoadFailed | None:
+        """Load (or reload) the versions the policy selects; the failure, if any, is returned, not raised.
 
-    async def _load_entry(self, entry: ModelEntry) -> None:
+        Two loads of the same model with the same overrides at once load it once; loads of a model
+        otherwise run one after the other, and loads of different models in parallel up to
+        ``load_thread_count``. A reload keeps the old instances serving until the new ones are ready.
+        """
+        overrides = overrides or LoadOverrides()
+        key = overrides.key()
+        pending = self._pending.get(name)
+        if pending is not None and pending[0] == key:
+            return await asyncio.shield(pending[1])
+        task = asyncio.ensure_future(self._load_locked(name, overrides))
+        self._pending[name] = (key, task)
+
+        def forget(_: object) -> None:
+            if self._pending.get(name, (None, None))[1] is task:
+                del self._pending[name]
+
+        task.add_done_callback(forget)
+        return await asyncio.shield(task)
+
+    async def _load_locked(self, name: str, overrides: LoadOverrides) -> LoadFailed | None:
+        entry = self.entries.get(name)
+        if entry is None:
+            entry = self.entries.setdefault(name, ModelEntry(name, None))
+        async with entry.lock, self._load_slots:
+            return await self._load_entry(entry, overrides)
+
+    def _locate(self, entry: ModelEntry, overrides: LoadOverrides) -> tuple[ModelLocation, OverrideFolder | None]:
+        """Where to load from: a private folder of override files, or the model's folder in the repository."""
+        name = entry.name
+        if overrides.files:
+            folder = OverrideFolder(name, overrides.files)
+            return ModelLocation(name, folder.path, folder.root), folder
+        if self.options.control_mode != "none" or entry.location is None:
+            models, unavailable = self.repository.scan()
+            if name in unavailable:
+                raise ConchError(unavailable[name], ErrorCode.INTERNAL)
+            entry.location = models.get(name)
+        if entry.location is None:
+            raise ConchError("model not found in any model repository", ErrorCode.INTERNAL)
+        return entry.location, None
+
+    async def _load_entry(self, entry: ModelEntry, overrides: LoadOverrides) -> LoadFailed | None:
         from conch.config import load_model_config
 
-        assert entry.location is not None
-        model_dir = entry.location.path
-        entry.state, entry.reason = ModelState.LOADING, ""
+        name = entry.name
+        had_versions = any(mv.state is ModelState.READY for mv in entry.versions.values())
+        if not had_versions:
+            entry.state, entry.reason = ModelState.LOADING, ""
+        folder: OverrideFolder | None = None
         try:
+            _check_model_name(name)
+            location, folder = await asyncio.to_thread(self._locate, entry, overrides)
+            model_dir = location.path
+            entry.fingerprint = await asyncio.to_thread(fingerprint, model_dir)
+            override = overrides.config(name)
             config, backend = await asyncio.to_thread(
                 load_model_config,
                 model_dir,
@@ -232,23 +298,45 @@ class ModelManager:
                 config_name=self.options.config_name,
                 default_max_batch_size=self.options.default_max_batch_size,
                 gpu_count=self.options.gpu_count,
+                override=override,
             )
             if backend is None:
-                raise ConchError(f"ensemble models are not supported yet (model '{entry.name}')", ErrorCode.UNSUPPORTED)
+                raise ConchError(f"ensemble models are not supported yet (model '{name}')", ErrorCode.UNSUPPORTED)
+        except Exception as exc:  # noqa: BLE001 - a bad model is UNAVAILABLE, never fatal to others
+            if folder is not None:
+                folder.remove()
+            reason = _reason(exc)
+            if not had_versions:
+                entry.state, entry.reason = ModelState.UNAVAILABLE, reason
+            log.error("failed to load '%s': %s", name, reason)
+            return LoadFailed(f"failed to load '{name}', failed to poll from model repository: {reason}", ErrorCode.INTERNAL)
+        try:
             available = await asyncio.to_thread(self.repository.versions, model_dir)
             selected = self.repository.select_versions(config, available)
-        except Exception as exc:  # noqa: BLE001 - a bad model is UNAVAILABLE, never fatal to others
-            entry.state, entry.reason = ModelState.UNAVAILABLE, _reason(exc)
-            log.error("failed to load '%s': %s", entry.name, entry.reason)
-            return
-        entry.state = ModelState.UNKNOWN
+        except ConchError as exc:
+            if folder is not None:
+                folder.remove()
+            if not had_versions:
+                entry.state, entry.reason = ModelState.UNAVAILABLE, exc.message
+            log.error("failed to load model '%s': %s", name, exc.message)
+            return LoadFailed(f"load failed for model '{name}': {exc.message}", ErrorCode.INVALID_ARG)
+        entry.state, entry.reason = ModelState.UNKNOWN, ""
         settings = self._settings_for(backend)
-        old = entry.versions
-        entry.versions = dict(old)
+        old = dict(entry.versions)
+        failures: list[str] = []
         for version in selected:
-            await self._load_version(entry, version, config, backend, model_dir, settings)
-        for version in set(old) - set(selected):
-            await self._unload_version(entry.versions.pop(version))
+            failure = await self._load_version(entry, version, config, backend, model_dir, settings, folder)
+            if failure:
+                failures.append(f"version {version} is at UNAVAILABLE state: {failure}")
+        if len(failures) < len(selected):
+            # Something new serves: versions the policy no longer selects go.
+            for version in set(old) - set(selected):
+                await self._unload_version(entry.versions.pop(version))
+        # else a failed reload changes nothing: every version that served before still does.
+        self._release_sources(entry)
+        if failures:
+            return LoadFailed(f"load failed for model '{name}': " + "; ".join(failures), ErrorCode.INVALID_ARG)
+        return None
 
     async def _load_version(
         self,
@@ -258,26 +346,41 @@ class ModelManager:
         backend: Backend,
         model_dir: Path,
         settings: dict[str, str],
-    ) -> None:
+        folder: OverrideFolder | None,
+    ) -> str:
+        """Load one version beside the one serving (if any) and swap them once ready; the failure reason or ''."""
         previous = entry.versions.get(version)
+        serving = previous if previous is not None and previous.state is ModelState.READY else None
         model = ModelVersion(entry, version, config, backend)
         model.service = self.service
+        model.source = folder
         self._set_state(model, ModelState.LOADING, "")
-        if previous is None:
+        if serving is None:
             entry.versions[version] = model
         try:
             await model.load(model_dir, settings)
         except Exception as exc:  # noqa: BLE001
             self._set_state(model, ModelState.UNAVAILABLE, _reason(exc))
             log.error("failed to load '%s' version %d: %s", entry.name, version, model.reason)
-            if previous is None:
+            if serving is None:
                 entry.versions[version] = model
-            return
-        entry.versions[version] = model
+            return model.reason
         self._set_state(model, ModelState.READY, "")
+        if serving is not None:
+            serving.replaced_by = model
+        entry.versions[version] = model
         log.info("successfully loaded '%s' version %d", entry.name, version)
-        if previous is not None and previous is not model:
-            await self._unload_version(previous)
+        if serving is not None:
+            await self._unload_version(serving)
+        return ""
+
+    def _release_sources(self, entry: ModelEntry) -> None:
+        """Remove override folders that no loaded version of ``entry`` uses any more."""
+        live = {id(mv.source) for mv in entry.versions.values() if mv.source is not None and mv.reason != "unloaded"}
+        for mv in entry.versions.values():
+            if mv.source is not None and id(mv.source) not in live:
+                mv.source.remove()
+                mv.source = None
 
     async def unload(self, name: str) -> None:
         entry = self.entries.get(name)
@@ -288,6 +391,7 @@ class ModelManager:
             await asyncio.gather(*(self._unload_version(model) for model in versions.values()))
             for model in versions.values():
                 entry.versions[model.version] = model  # kept for the index as UNAVAILABLE: unloaded
+            self._release_sources(entry)
 
     async def _unload_version(self, model: ModelVersion) -> None:
         if model.state is ModelState.READY:
@@ -295,16 +399,73 @@ class ModelManager:
             await model.unload()
             self._set_state(model, ModelState.UNAVAILABLE, "unloaded")
             log.info("successfully unloaded '%s' version %d", model.name, model.version)
+        elif model.state is ModelState.UNAVAILABLE and model.reason != "unloaded":
+            model.reason = "unloaded"
 
     async def load_from_api(self, name: str, parameters: dict[str, Any]) -> None:
-        if self.options.control_mode != "explicit":
-            raise ConchError("explicit model load / unload is not allowed if polling is enabled", ErrorCode.UNAVAILABLE)
-        await self.load(name)
+        """The repository API's load: raises Triton's errors when the mode forbids it or the load fails."""
+        self._check_api_allowed()
+        try:
+            overrides = parse_load_parameters(name, parameters)
+        except ConchError as exc:
+            raise ConchError(f"failed to load '{name}', {exc.message}", ErrorCode.INVALID_ARG) from None
+        failure = await self.load(name, overrides)
+        entry = self.entries.get(name)
+        if entry is not None:
+            entry.api_failed = failure is not None and not entry.ready_versions()
+        if failure is not None:
+            raise failure
 
     async def unload_from_api(self, name: str, unload_dependents: bool) -> None:
+        """The repository API's unload: waits for in-flight requests, then releases the instances."""
+        self._check_api_allowed()
+        entry = self.entries.get(name)
+        if (entry is None or not entry.versions) and self.repository.find(name) is None:
+            raise ConchError(
+                f"failed to unload '{name}', Model to be unloaded has not been served", ErrorCode.INVALID_ARG
+            )
+        await self.unload(name)
+
+    def _check_api_allowed(self) -> None:
         if self.options.control_mode != "explicit":
             raise ConchError("explicit model load / unload is not allowed if polling is enabled", ErrorCode.UNAVAILABLE)
+
+    # -- poll mode ----------------------------------------------------------------------------
+
+    async def poll(self) -> None:
+        """One poll of the repositories: load added and changed models, unload removed ones."""
+        locations, unavailable = await asyncio.to_thread(self.repository.scan)
+        changes: list[str] = []
+        for name, location in locations.items():
+            entry = self.entries.get(name)
+            if entry is None:
+                self.entries[name] = ModelEntry(name, location)
+                changes.append(name)
+                continue
+            entry.location = location
+            if await asyncio.to_thread(fingerprint, location.path) != entry.fingerprint:
+                changes.append(name)
+        gone = [name for name in self.entries if name not in locations and name not in unavailable]
+        for name, reason in unavailable.items():
+            entry = self.entries.setdefault(name, ModelEntry(name, None))
+            if entry.reason != reason:
+                gone.append(name)
+        for name in changes:
+            log.info("poll: model '%s' is new or changed, loading it", name)
+        await asyncio.gather(*(self.load(name) for name in changes), *(self._remove(name, unavailable) for name in gone))
+
+    async def _remove(self, name: str, unavailable: dict[str, str]) -> None:
+        """A model whose folder left the repository (or became a duplicate): unload it and forget it."""
+        log.info("poll: model '%s' was removed from the repository, unloading it", name)
         await self.unload(name)
+        entry = self.entries.get(name)
+        if entry is None:
+            return
+        if name in unavailable:
+            entry.state, entry.reason, entry.location = ModelState.UNAVAILABLE, unavailable[name], None
+            entry.versions.clear()
+        elif not entry.lock.locked():
+            del self.entries[name]
 
     def _set_state(self, model: ModelVersion, state: ModelState, reason: str) -> None:
         model.state, model.reason = state, reason
@@ -343,12 +504,18 @@ class ModelManager:
         return model
 
     def all_ready(self) -> bool:
-        """Strict readiness: every model that should serve has all its versions ready."""
+        """Strict readiness: every model that should serve has all its versions ready.
+
+        Versions still loading do not count (a load through the API never makes a serving server
+        unready), nor do models whose load through the API failed: the caller got the error.
+        """
         for entry in self.entries.values():
+            if entry.api_failed:
+                continue
             if entry.state is ModelState.UNAVAILABLE and not entry.versions:
                 return False
             for model in entry.versions.values():
-                if model.reason == "unloaded":
+                if model.reason == "unloaded" or model.state is ModelState.LOADING:
                     continue
                 if not model.is_ready():
                     return False
@@ -356,6 +523,8 @@ class ModelManager:
 
     def index(self, ready_only: bool = False) -> list[dict[str, str]]:
         """Triton's repository index: one row per version (name only for models never loaded)."""
+        if self.options.control_mode == "explicit":
+            self._add_new_folders()
         rows: list[dict[str, str]] = []
         for name in sorted(self.entries):
             entry = self.entries[name]
@@ -376,6 +545,15 @@ class ModelManager:
                     row.update({"state": entry.state.value, "reason": entry.reason})
                 rows.append(row)
         return rows
+
+    def _add_new_folders(self) -> None:
+        """List models added to the repository since start-up (explicit mode loads them on request)."""
+        try:
+            locations, _ = self.repository.scan()
+        except ConchError:
+            return
+        for name, location in locations.items():
+            self.entries.setdefault(name, ModelEntry(name, location))
 
     def statistics(self, name: str = "", version: int = -1) -> list[dict[str, Any]]:
         """Triton's ``model_stats`` list: every loaded version, or one model's (a version, or all)."""
@@ -401,6 +579,12 @@ class ModelManager:
                 status = f"{status}: {row['reason']}"
             out.append((row["name"], row.get("version", "-"), status))
         return out
+
+
+def _check_model_name(name: str) -> None:
+    """A model name is one folder name: it can never reach outside a repository."""
+    if not name or name in (".", "..") or any(c in name for c in "/\\\x00"):
+        raise ConchError(f"invalid model name '{name}': a model name is the name of a folder in a model repository")
 
 
 def _reason(exc: BaseException) -> str:

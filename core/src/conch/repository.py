@@ -8,6 +8,7 @@ policy picks among them.
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +20,7 @@ __all__ = [
     "ModelLocation",
     "Repository",
     "VersionScan",
+    "fingerprint",
     "resolve_versions",
     "scan_versions",
     "select_versions",
@@ -98,6 +100,25 @@ def select_versions(config: ModelConfig, available: list[int]) -> list[int]:
             ErrorCode.INVALID_ARG,
         )
     return selected
+
+
+def fingerprint(model_dir: Path) -> tuple[tuple[str, int, int], ...]:
+    """What poll mode compares: every file and folder of a model (path, size, mtime), hidden ones skipped.
+
+    It changes when config.pbtxt, a label file or a model file changes, or a version folder comes or goes.
+    """
+    found: list[tuple[str, int, int]] = []
+    for folder, dirs, files in os.walk(model_dir):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        base = Path(folder)
+        for name in [*dirs, *sorted(f for f in files if not f.startswith("."))]:
+            try:
+                stat = (base / name).stat()
+            except OSError:
+                continue  # removed while we looked: the next poll sees the result
+            is_dir = name in dirs
+            found.append((str((base / name).relative_to(model_dir)), 0 if is_dir else stat.st_size, 0 if is_dir else stat.st_mtime_ns))
+    return tuple(found)
 
 
 class Repository:

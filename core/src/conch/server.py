@@ -63,6 +63,7 @@ class Server:
         self._metrics_http: Any = None
         self._metrics_sockets: list[socket.socket] = []
         self._metrics_loop_task: asyncio.Task[None] | None = None
+        self._poller: asyncio.Task[None] | None = None
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -116,7 +117,19 @@ class Server:
             if opts.exit_on_error:
                 raise StartupError("failed to load all models")
             log.error("Internal: failed to load all models")
+        if opts.manager.control_mode == "poll" and opts.manager.poll_secs > 0:
+            self._poller = asyncio.create_task(self._poll_forever(opts.manager.poll_secs))
         self.plugins.hook.conch_server_started(server=self)
+
+    async def _poll_forever(self, seconds: int) -> None:
+        """Poll mode: look for added, removed and changed models every ``seconds``."""
+        assert self.models is not None
+        while True:
+            await asyncio.sleep(seconds)
+            try:
+                await self.models.poll()
+            except Exception:  # noqa: BLE001 - a failed poll is logged; the next one tries again
+                log.exception("failed to poll the model repositories")
 
     async def _start_frontends(self) -> None:
         opts = self.options
@@ -200,6 +213,11 @@ class Server:
     async def stop(self, drain: bool = True) -> None:
         """Stop accepting, finish in-flight requests (up to --exit-timeout-secs), unload, close."""
         timeout = self.options.exit_timeout_secs
+        if self._poller is not None:
+            self._poller.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._poller
+            self._poller = None
         if self.service is not None:
             with contextlib.suppress(Exception):
                 self.plugins.hook.conch_server_stopping(server=self)

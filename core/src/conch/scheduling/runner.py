@@ -57,8 +57,9 @@ class InstanceRunner:
     def is_ready(self) -> bool:
         return self.instance is not None and self.instance.is_ready()
 
-    async def run(self, requests: list[InferenceRequest]) -> None:
-        """Execute a batch and deliver every request's response (errors included)."""
+    async def run(self, requests: list[InferenceRequest], record: bool = True) -> None:
+        """Execute a batch and deliver every request's response (errors included); ``record``: count it in
+        the statistics (warmup does not)."""
         assert self.instance is not None
         self.busy = True
         start = time.monotonic_ns()
@@ -81,7 +82,8 @@ class InstanceRunner:
                 request.respond(InferenceResponse(error=error))
         finally:
             self.busy = False
-        self._record(requests, start, ok)
+        if record:
+            self._record(requests, start, ok)
 
     def _record(self, requests: list[InferenceRequest], start: int, ok: bool) -> None:
         stats = self.stats
