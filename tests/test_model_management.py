@@ -246,6 +246,14 @@ def test_model_names_in_urls_cannot_leave_the_repository(override_server: Runnin
     assert _infer(override_server, "ident").status_code == 200
 
 
+@pytest.mark.parametrize("name", ["..", "../repo/ident", "/etc", "a\\b"])
+def test_model_names_over_grpc_cannot_leave_the_repository(override_server: RunningServer, name: str) -> None:
+    client = grpcclient.InferenceServerClient(override_server.grpc_url)
+    with pytest.raises(InferenceServerException, match="invalid model name"):
+        client.load_model(name)
+    assert client.is_model_ready("ident")
+
+
 # -- reload, unload, concurrency -------------------------------------------------------------------------
 
 
