@@ -16,13 +16,15 @@ WARM_CYCLES = 5
 #: Allowed growth of the server's RSS between cycle 5 and cycle 50. A leak of one model's session
 #: or of a worker's shared-memory rings per cycle would exceed it several times over.
 RSS_BOUND_MB = 24
+#: Allowed spread of a Python worker's RSS across cycles (each cycle starts a new worker process).
+WORKER_SPREAD_MB = 16
 
 ADD_SUB_PY = """
 import triton_python_backend_utils as pb_utils
 
 class TritonPythonModel:
     def initialize(self, args):
-        self.ballast = bytearray(32 * 1024 * 1024)  # 32 MiB per worker: a leak would show at once
+        self.ballast = b"\x01" * (32 * 1024 * 1024)  # 32 MiB, touched: a leaked worker would show at once
 
     def execute(self, requests):
         out = []
@@ -69,7 +71,8 @@ def _children(pid: int) -> list[int]:
     return found
 
 
-def _cycle(server: RunningServer) -> None:
+def _cycle(server: RunningServer) -> float:
+    """Load, infer and unload both models; the worker's RSS (MB) while the Python model was loaded."""
     a = np.arange(16, dtype=np.float32)
     body = {
         "inputs": [
@@ -82,9 +85,13 @@ def _cycle(server: RunningServer) -> None:
         assert response.status_code == 200, response.text
         result = requests.post(f"{server.base}/v2/models/{model}/infer", json=body, timeout=30).json()
         assert result["outputs"][0]["data"] == (a * 3).tolist()
+    workers = _children(server.process.pid)
+    assert len(workers) == 1, workers
+    worker_mb = _rss_mb(workers[0])
     for model in ("add_sub_py", "add_sub_onnx"):
         response = requests.post(f"{server.base}/v2/repository/models/{model}/unload", timeout=120)
         assert response.status_code == 200, response.text
+    return worker_mb
 
 
 def test_fifty_load_unload_cycles_keep_memory_bounded(tmp_path: Path) -> None:
@@ -98,10 +105,14 @@ def test_fifty_load_unload_cycles_keep_memory_bounded(tmp_path: Path) -> None:
         for _ in range(WARM_CYCLES):
             _cycle(server)
         baseline = _rss_mb(pid)
+        workers: list[float] = []
         for _ in range(CYCLES - WARM_CYCLES):
-            _cycle(server)
+            workers.append(_cycle(server))
             assert _children(pid) == [], "a worker process outlived its model's unload"
         grown = _rss_mb(pid) - baseline
         assert grown < RSS_BOUND_MB, f"server RSS grew {grown:.1f} MB over {CYCLES - WARM_CYCLES} cycles"
+        # Every worker starts afresh: the 32 MiB ballast is there, and nothing accumulates across cycles.
+        assert min(workers) > 40
+        assert max(workers) - min(workers) < WORKER_SPREAD_MB, workers
     finally:
         server.stop()
