@@ -250,3 +250,14 @@ def test_big_tensors_travel_in_their_own_segments(py_server: RunningServer, prot
         np.testing.assert_array_equal(result.as_numpy(f"OUTPUT{small_index}"), small)
     leftovers = [name for name in os.listdir("/dev/shm") if name.startswith("conch-py-") and str(py_server.process.pid) in name]
     assert leftovers == [], leftovers
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_initialize_may_use_model_control_but_not_bls(py_server: RunningServer, protocol: str) -> None:
+    result = client(py_server, protocol).infer("init_control", [tensor(protocol, "IN", np.array([1], np.int32))])
+    seen = json.loads(result.as_numpy("OUT")[0, 0])
+    assert seen == {
+        "nope_ready": False,
+        "self_ready": False,  # still loading
+        "bls_error": "BLS is not supported in initialize(); send BLS requests from execute()",
+    }
