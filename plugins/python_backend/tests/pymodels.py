@@ -135,6 +135,48 @@ class TritonPythonModel:
 
 ASYNC_BLS = """
 import asyncio
+import json
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    async def execute(self, requests):
+        responses = []
+        for request in requests:
+            in0 = pb_utils.get_input_tensor_by_name(request, "INPUT0")
+            in1 = pb_utils.get_input_tensor_by_name(request, "INPUT1")
+            await asyncio.sleep(0.001)
+            if json.loads(request.parameters()).get("target") == "repeat":
+                bls = pb_utils.InferenceRequest(
+                    model_name="repeat", requested_output_names=["OUT"],
+                    inputs=[pb_utils.Tensor("COUNT", np.array([3], np.int32)),
+                            pb_utils.Tensor("DELAY_MS", np.array([1], np.int32))],
+                )
+                values = []
+                for response in await bls.async_exec(decoupled=True):
+                    if response.has_error():
+                        raise pb_utils.TritonModelException(response.error().message())
+                    if response.output_tensors():
+                        values.append(int(pb_utils.get_output_tensor_by_name(response, "OUT").as_numpy()[0]))
+                total = np.full((1, 16), sum(values) + 1000 * len(values), np.float32)
+            else:
+                bls = pb_utils.InferenceRequest(
+                    model_name="add_sub", requested_output_names=["OUTPUT0"], inputs=[in0, in1]
+                )
+                one, two = await asyncio.gather(bls.async_exec(), bls.async_exec())
+                if one.has_error():
+                    raise pb_utils.TritonModelException(one.error().message())
+                total = pb_utils.get_output_tensor_by_name(one, "OUTPUT0").as_numpy()
+                total = total + pb_utils.get_output_tensor_by_name(two, "OUTPUT0").as_numpy()
+            responses.append(pb_utils.InferenceResponse([
+                pb_utils.Tensor("OUTPUT0", total), pb_utils.Tensor("OUTPUT1", np.zeros_like(total))
+            ]))
+        return responses
+"""
+
+SYNC_BLS = """
+import asyncio
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
@@ -358,6 +400,8 @@ def write_repository(repo: Path) -> Path:
     )
     write_py_model(repo, "crasher", scalar_model("crasher", "TYPE_INT32", "TYPE_INT64"), CRASHER)
     write_py_model(repo, "auto", 'name: "auto"\nbackend: "python"\n', AUTO)
+    write_py_model(repo, "sender", scalar_model("sender", "TYPE_INT32", "TYPE_INT32"), SENDER)
+    write_py_model(repo, "sender_inproc", scalar_model("sender_inproc", "TYPE_INT32", "TYPE_INT32", extra=inproc), SENDER)
     write_py_model(repo, "metrics", METRICS_CONFIG.format(name="metrics", extra=""), METRICS)
     write_py_model(repo, "metrics_inproc", METRICS_CONFIG.format(name="metrics_inproc", extra=inproc), METRICS)
     write_py_model(
@@ -508,4 +552,29 @@ class TritonPythonModel:
     def execute(self, requests):
         text = json.dumps(self.seen).encode()
         return [pb_utils.InferenceResponse([pb_utils.Tensor("OUT", np.array([[text]], dtype=object))]) for r in requests]
+"""
+
+# A default-mode (not decoupled) model answering through the response sender from a thread of its own,
+# which Triton allows since 24.06: one response, then the final flag.
+SENDER = """
+import threading
+import time
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        for request in requests:
+            value = pb_utils.get_input_tensor_by_name(request, "IN").as_numpy()
+            threading.Thread(target=self.answer, args=(request.get_response_sender(), value)).start()
+        return None
+
+    def answer(self, sender, value):
+        time.sleep(0.01)
+        sender.send(pb_utils.InferenceResponse([pb_utils.Tensor("OUT", value * 2)]))
+        try:
+            sender.send(pb_utils.InferenceResponse([pb_utils.Tensor("OUT", value)]))
+        except pb_utils.TritonModelException as exc:
+            pb_utils.Logger.log_info(f"sender: {exc}")
+        sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
 """
