@@ -408,10 +408,10 @@ def _custom(out: _Text, registry: CustomMetrics) -> None:
             if family.kind is not MetricKind.HISTOGRAM:
                 out.sample(name, series.labels, series.value)
                 continue
+            out.sample(f"{name}_count", series.labels, series.count)  # Triton's order: count, sum, buckets
+            out.sample(f"{name}_sum", series.labels, series.sum)
             for bound, count in series.buckets:
                 out.sample(f"{name}_bucket", (*series.labels, ("le", _number(bound))), count)
-            out.sample(f"{name}_sum", series.labels, series.sum)
-            out.sample(f"{name}_count", series.labels, series.count)
 
 
 def metrics_app(metrics: Metrics) -> Callable[..., Any]:
