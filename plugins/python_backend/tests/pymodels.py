@@ -404,14 +404,15 @@ def write_repository(repo: Path) -> Path:
     write_py_model(repo, "sender_inproc", scalar_model("sender_inproc", "TYPE_INT32", "TYPE_INT32", extra=inproc), SENDER)
     write_py_model(repo, "metrics", METRICS_CONFIG.format(name="metrics", extra=""), METRICS)
     write_py_model(repo, "metrics_inproc", METRICS_CONFIG.format(name="metrics_inproc", extra=inproc), METRICS)
-    write_py_model(
-        repo,
-        "init_control",
-        'name: "init_control"\nbackend: "python"\nmax_batch_size: 0\n'
-        'input [ { name: "IN" data_type: TYPE_INT32 dims: [ 1 ] } ]\n'
-        'output [ { name: "OUT" data_type: TYPE_STRING dims: [ 1, 1 ] } ]\n',
-        INIT_CONTROL,
-    )
+    for name, extra in (("init_control", ""), ("init_control_inproc", inproc)):
+        write_py_model(
+            repo,
+            name,
+            f'name: "{name}"\nbackend: "python"\nmax_batch_size: 0\n'
+            'input [ { name: "IN" data_type: TYPE_INT32 dims: [ 1 ] } ]\n'
+            f'output [ {{ name: "OUT" data_type: TYPE_STRING dims: [ 1, 1 ] }} ]\n{extra}',
+            INIT_CONTROL,
+        )
     custom = write_py_model(
         repo, "custom_file", ADD_SUB_CONFIG.format(name="custom_file", extra='default_model_filename: "adder.py"'), ""
     )
@@ -544,7 +545,7 @@ import triton_python_backend_utils as pb_utils
 class TritonPythonModel:
     def initialize(self, args):
         # Model control works in initialize(); BLS does not (as in Triton): it answers an error at once.
-        self.seen = {"nope_ready": pb_utils.is_model_ready("nope"), "self_ready": pb_utils.is_model_ready("init_control")}
+        self.seen = {"nope_ready": pb_utils.is_model_ready("nope"), "self_ready": pb_utils.is_model_ready(args["model_name"])}
         bls = pb_utils.InferenceRequest(model_name="add_sub", requested_output_names=["OUTPUT0"], inputs=[])
         response = bls.exec()
         self.seen["bls_error"] = response.error().message() if response.has_error() else ""

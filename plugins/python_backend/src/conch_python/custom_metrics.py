@@ -50,10 +50,11 @@ class MetricBridge:
         """Carry out one message; ``(error, result)``."""
         try:
             return None, self._apply(op, args)
-        except ConchError as exc:
-            if op in UPDATES:  # the worker checked it first, so this is a bug worth seeing
-                log.warning("Python model instance '%s': metric %s failed: %s", self.instance, op, exc.message)
-            return exc.message, None
+        except Exception as exc:  # noqa: BLE001 - a bad message must not take the worker down
+            message = exc.message if isinstance(exc, ConchError) else f"{type(exc).__name__}: {exc}"
+            if op in UPDATES or not isinstance(exc, ConchError):  # the worker checked it first: worth seeing
+                log.warning("Python model instance '%s': metric %s failed: %s", self.instance, op, message)
+            return message, None
 
     def _apply(self, op: str, args: tuple[Any, ...]) -> Any:
         if op in UPDATES:

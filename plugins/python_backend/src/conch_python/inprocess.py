@@ -142,6 +142,7 @@ class InProcessInstance(ModelInstance):
         service = getattr(model, "server", None)
         if service is not None:
             RUNTIME.service = service
+            RUNTIME.loop = RUNTIME.loop or getattr(service, "loop", None)  # model control from initialize()
         pb_utils._set_runtime(RUNTIME)
         unique = "conch_inprocess_" + re.sub(r"\W", "_", f"{model.name}_{model.version}_{context.name}")
         RUNTIME.metrics.enter(self, self.name)  # metric families created in initialize() are this instance's
