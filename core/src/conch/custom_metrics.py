@@ -212,9 +212,9 @@ class Metric:
             )
         if self.released:
             raise ConchError(f"metric {self.name} has been released", ErrorCode.INVALID_ARG)
-        error = update_error(self.family.kind, op, value, self.name)
-        if error is not None:
-            raise ConchError(error, ErrorCode.INVALID_ARG)
+        kind = self.family.kind
+        if update_error(kind, op, value, "") is not None:  # the series' name only when it is needed
+            raise ConchError(update_error(kind, op, value, self.name) or "", ErrorCode.INVALID_ARG)
 
 
 class MetricFamily:

@@ -204,6 +204,8 @@ class WorkerInstance(ModelInstance):
                 answer: tuple[Any, Any] = (None, future.result())
             except ConchError as exc:
                 answer = (exc.message, None)
+            except Exception as exc:  # noqa: BLE001 - the model sees it as a TritonModelException
+                answer = (f"{type(exc).__name__}: {exc}", None)
             worker.channel.send(("rpc_resp", message[1], answer))
         elif kind == "bls":
             take_tensors(worker.to_server, message[2][4])  # free the ring space
@@ -403,7 +405,10 @@ class WorkerInstance(ModelInstance):
         elif kind == "metric":
             reply = worker.metrics.handle(message[2], message[3])
             if message[1]:
-                worker.channel.send(("rpc_resp", message[1], reply))
+                try:
+                    worker.channel.send(("rpc_resp", message[1], reply))
+                except ChannelClosed:
+                    pass
 
     def _call_soon(self, function: Any, *args: Any) -> None:
         function(*args)  # messages are dispatched on the event loop already
