@@ -39,7 +39,8 @@ class ModelContext:
     config: ModelConfig
     backend_settings: dict[str, str] = field(default_factory=dict)
     #: The server's InferenceService (None outside a server), for backends that send requests
-    #: themselves (the Python backend's BLS) or load and unload models.
+    #: themselves (the Python backend's BLS), load and unload models, or register custom metric
+    #: families (``server.custom_metrics``, see :mod:`conch.custom_metrics`).
     server: Any = None
 
     @property

@@ -3,7 +3,8 @@
 Per-model series are read from each loaded model version's statistics when scraped, so they exist at
 0 as soon as a version loads and disappear when it unloads, and nothing is done per request. CPU
 figures come from ``/proc``; GPU figures from NVML (``nvidia-ml-py``) where it and a GPU are present.
-Conch adds ``conch_inference_batch_size``, a per-model histogram of executed batch sizes.
+Conch adds ``conch_inference_batch_size``, a per-model histogram of executed batch sizes. Families that
+backends register at run time (:mod:`conch.custom_metrics`) follow the server's own.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from conch.custom_metrics import CustomMetrics, MetricKind
 from conch.stats import FAILURE_REASONS, LatencySamples, ModelStats
 
 if TYPE_CHECKING:
@@ -61,6 +63,15 @@ _GPU = (  # (family, HELP, type, sample key)
      "energy"),
 )
 
+
+#: Every family the server itself may show; custom families cannot take these names.
+BUILTIN_FAMILIES = (
+    "nv_inference_request_success", "nv_inference_request_failure", "nv_inference_count", "nv_inference_exec_count",
+    "nv_inference_pending_request_count", "nv_model_load_duration_secs", "conch_inference_batch_size",
+    "nv_inference_first_response_histogram_ms", "nv_cpu_utilization", "nv_cpu_memory_total_bytes",
+    "nv_cpu_memory_used_bytes", *(row[0] for row in _DURATIONS), *(row[0] for row in _SUMMARIES),
+    *(row[0] for row in _GPU),
+)  # fmt: skip
 
 #: Bucket bounds (ms) of ``nv_inference_first_response_histogram_ms`` with ``histogram_latencies=true``.
 FIRST_RESPONSE_BUCKETS_MS = (100.0, 500.0, 2000.0, 5000.0)
@@ -115,6 +126,8 @@ def _number(value: float) -> str:
         return str(value)
     if math.isnan(value):
         return "NaN"
+    if math.isinf(value):
+        return "+Inf" if value > 0 else "-Inf"
     if value == int(value) and abs(value) < 1e15:
         return str(int(value))
     return repr(value)
@@ -244,9 +257,10 @@ def _start_nvml() -> Any:
 class Metrics:
     """Renders every family; the server serves :meth:`render` on the metrics port."""
 
-    def __init__(self, models: ModelManager, options: MetricsOptions) -> None:
+    def __init__(self, models: ModelManager, options: MetricsOptions, custom: CustomMetrics | None = None) -> None:
         self.models = models
         self.options = options
+        self.custom = custom
         self.system = SystemSampler(options.cpu, options.gpu)
         if options.cpu:
             log.info("Collecting CPU metrics")
@@ -309,6 +323,8 @@ class Metrics:
         if self.options.histogram_latencies:
             self._first_response(out, rows)
         self._system(out)
+        if self.custom is not None:
+            _custom(out, self.custom)
         return out.render()
 
     @staticmethod
@@ -381,6 +397,21 @@ class Metrics:
                 for gpu in self.system.gpus:
                     if key in gpu:
                         out.sample(name, (("gpu_uuid", gpu["uuid"]),), gpu[key])
+
+
+def _custom(out: _Text, registry: CustomMetrics) -> None:
+    """The families backends registered (:mod:`conch.custom_metrics`)."""
+    for family in registry.collect():
+        name = family.name
+        out.family(name, family.description.replace("\\", "\\\\").replace("\n", "\\n"), family.kind.value)
+        for series in family.series:
+            if family.kind is not MetricKind.HISTOGRAM:
+                out.sample(name, series.labels, series.value)
+                continue
+            out.sample(f"{name}_count", series.labels, series.count)  # Triton's order: count, sum, buckets
+            out.sample(f"{name}_sum", series.labels, series.sum)
+            for bound, count in series.buckets:
+                out.sample(f"{name}_bucket", (*series.labels, ("le", _number(bound))), count)
 
 
 def metrics_app(metrics: Metrics) -> Callable[..., Any]:

@@ -158,7 +158,8 @@ class Server:
         address = opts.metrics.address or opts.http_address
         sock = _bind(address, opts.metrics.port, "Metrics")
         self._metrics_sockets = [sock]
-        self._metrics = Metrics(self.models, opts.metrics)
+        assert self.service is not None
+        self._metrics = Metrics(self.models, opts.metrics, self.service.custom_metrics)
         self._metrics.start()
         config = uvicorn.Config(metrics_app(self._metrics), lifespan="off", log_config=None, access_log=False)
         config.load()

@@ -11,8 +11,10 @@ import asyncio
 from typing import TYPE_CHECKING, Any
 
 from conch import __version__
+from conch.custom_metrics import CustomMetrics
 from conch.errors import ConchError, ErrorCode
 from conch.inference import InferenceRequest, InferenceResponse, ResponseStream
+from conch.metrics import BUILTIN_FAMILIES
 
 if TYPE_CHECKING:
     from conch._proto.model_config_pb2 import ModelConfig
@@ -65,6 +67,9 @@ class InferenceService:
         self.started = False  # true once the start-up models have been loaded (or failed)
         self.accepting = True  # false once shutdown begins
         self.inflight = 0
+        #: Metric families backends register (Python models' ``pb_utils.MetricFamily``), shown on the
+        #: metrics endpoint; see :mod:`conch.custom_metrics`.
+        self.custom_metrics = CustomMetrics(reserved=BUILTIN_FAMILIES)
         self._idle = asyncio.Event()
         self._idle.set()
 

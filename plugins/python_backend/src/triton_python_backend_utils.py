@@ -10,6 +10,7 @@ with :func:`_set_runtime`: a worker process or the in-process mode of ``conch_py
 
 from __future__ import annotations
 
+import enum
 import json
 import logging
 import struct
@@ -18,13 +19,17 @@ from typing import Any
 
 import numpy as np
 
+from conch import custom_metrics as _custom_metrics
 from conch import tensors as _tensors
+from conch.errors import ConchError, ErrorCode
 
 __all__ = [
     "InferenceRequest",
     "InferenceResponse",
     "Logger",
+    "Metric",
     "MetricFamily",
+    "MetricKind",
     "ModelConfig",
     "PreferredMemory",
     "ResponseSender",
@@ -668,7 +673,12 @@ class _ResponseIterator:
 
 
 def load_model(model_name: str, config: str = "", files: dict[str, bytes] | None = None) -> None:
-    """Load (or reload) a model of the server; needs ``--model-control-mode=explicit``."""
+    """Load (or reload) a model of the server; needs ``--model-control-mode=explicit``.
+
+    ``config`` (the model configuration as JSON text) and ``files`` (``{"file:<path>": bytes}``, paths
+    relative to the model folder) go to the server's load API as its ``config`` and ``file:`` parameters,
+    exactly as a client's repository load request would send them.
+    """
     _require_runtime("load_model").load_model(model_name, config, files)
 
 
@@ -682,15 +692,139 @@ def is_model_ready(model_name: str, model_version: str = "") -> bool:
     return bool(_require_runtime("is_model_ready").is_model_ready(model_name, str(model_version)))
 
 
-class MetricFamily:
-    """Custom metrics: not supported by Conch yet (the metrics endpoint is not built)."""
+class MetricKind(enum.IntEnum):
+    """The kind of a :class:`MetricFamily` (``MetricFamily.COUNTER`` and so on)."""
 
     COUNTER = 0
     GAUGE = 1
     HISTOGRAM = 2
 
-    def __init__(self, name: str, description: str, kind: int) -> None:
-        raise TritonModelException(
-            "MetricFamily is not supported yet: Conch's Python backend has no custom metrics "
-            f"(metric family '{name}')"
-        )
+
+def _metric_failure(what: str, instance: str, exc: ConchError) -> TritonModelException:
+    """Triton's text for a failed metric call: ``<what>: Failed to process the request for model ...``."""
+    where = f"Failed to process the request for model '{instance}', message: " if instance else ""
+    return TritonModelException(f"{what}: {where}{exc.message}")
+
+
+class MetricFamily:
+    """A custom Prometheus metric family, shown on the server's metrics endpoint next to Triton's.
+
+    The same name and kind give the same family (the first description stays); another kind is an
+    error. The family lives while this object or one of its metrics does, and at most as long as the
+    model instance that created it.
+    """
+
+    COUNTER = MetricKind.COUNTER
+    GAUGE = MetricKind.GAUGE
+    HISTOGRAM = MetricKind.HISTOGRAM
+
+    def __init__(self, name: str, description: str, kind: MetricKind) -> None:
+        self._ref: Any = None
+        if isinstance(kind, bool) or not isinstance(kind, int) or kind not in (0, 1, 2):
+            raise TypeError(
+                f"MetricFamily(): kind must be pb_utils.MetricFamily.COUNTER, GAUGE or HISTOGRAM, got {kind!r} "
+                f"(metric family {name!r})"
+            )
+        if not isinstance(name, str) or not isinstance(description, str):
+            raise TypeError(
+                f"MetricFamily(): name and description must be strings, got {type(name).__name__} and "
+                f"{type(description).__name__}"
+            )
+        self._kind = MetricKind(kind)
+        self._core_kind = _CORE_KINDS[self._kind]
+        self._name = name
+        self._client = _require_runtime("MetricFamily").metrics
+        self._instance = self._client.instance_name()
+        try:
+            self._ref = self._client.new_family(name, description, self._core_kind.value)
+        except ConchError as exc:
+            raise _metric_failure("Error when creating MetricFamily", self._instance, exc) from None
+
+    def Metric(self, labels: dict[str, str] | None = None, buckets: list[float] | None = None) -> Metric:  # noqa: N802 - Triton's name
+        """A metric (one series) of this family; a histogram needs ``buckets``, the others take none."""
+        family = f"metric family '{self._name}'"
+        if labels is not None and not isinstance(labels, dict):
+            raise TritonModelException(
+                f"Failed to create metric. Labels must be a dictionary. ({family}, got {type(labels).__name__})"
+            )
+        if buckets is not None:
+            if not isinstance(buckets, list):
+                raise TritonModelException(
+                    f"Failed to create metric. Buckets must be a list. ({family}, got {type(buckets).__name__})"
+                )
+            if self._kind is not MetricKind.HISTOGRAM:
+                raise TritonModelException(
+                    f"Failed to create metric. Unexpected buckets found. ({family} is a {self._core_kind.value})"
+                )
+        elif self._kind is MetricKind.HISTOGRAM:
+            raise TritonModelException(f"Failed to create metric. Missing required buckets. ({family} is a histogram)")
+        return Metric(self, dict(labels or {}), buckets)
+
+    def __del__(self) -> None:
+        if self._ref is not None:
+            self._client.release(self._ref)
+
+
+_CORE_KINDS = {
+    MetricKind.COUNTER: _custom_metrics.MetricKind.COUNTER,
+    MetricKind.GAUGE: _custom_metrics.MetricKind.GAUGE,
+    MetricKind.HISTOGRAM: _custom_metrics.MetricKind.HISTOGRAM,
+}
+
+
+class Metric:
+    """One series of a :class:`MetricFamily`: ``increment``, ``set``, ``observe``, ``value``.
+
+    Updates are checked here and sent without waiting; ``value()`` asks the server, so it sees every
+    update made before it, from any instance.
+    """
+
+    def __init__(self, family: MetricFamily, labels: dict[str, str], buckets: list[float] | None) -> None:
+        self._ref: Any = None
+        self._family = family  # keeps the family alive as long as its metrics
+        inner = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items(), key=lambda kv: str(kv[0])))
+        self._display = f"'{family._name}{{{inner}}}'" if inner else f"'{family._name}'"
+        try:
+            self._ref = family._client.new_metric(family._ref, labels, buckets)
+        except ConchError as exc:
+            raise _metric_failure("Error when creating Metric", family._instance, exc) from None
+
+    def increment(self, value: float) -> None:
+        """Add ``value``; a counter only takes non-negative values."""
+        self._update("increment", value, "Failed to increment metric value")
+
+    def set(self, value: float) -> None:
+        """Set a gauge to ``value``."""
+        self._update("set", value, "Failed to set metric value")
+
+    def observe(self, value: float) -> None:
+        """Count ``value`` in a histogram."""
+        self._update("observe", value, "Failed to observe metric value")
+
+    def value(self) -> float:
+        """The current value of a counter or gauge, as the server has it."""
+        family = self._family
+        try:
+            self._check("value", 0.0)
+            return float(family._client.value(self._ref))
+        except ConchError as exc:
+            raise _metric_failure("Failed to get metric value", family._instance, exc) from None
+
+    def _update(self, op: str, value: float, what: str) -> None:
+        if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+            raise TypeError(f"Metric.{op}() expects a number, got {type(value).__name__} (metric {self._display})")
+        family = self._family
+        try:
+            self._check(op, float(value))
+            family._client.update(self._ref, op, float(value))
+        except ConchError as exc:
+            raise _metric_failure(what, family._instance, exc) from None
+
+    def _check(self, op: str, value: float) -> None:
+        error = _custom_metrics.update_error(self._family._core_kind, op, value, self._display)
+        if error is not None:
+            raise ConchError(error, ErrorCode.INVALID_ARG)
+
+    def __del__(self) -> None:
+        if self._ref is not None:
+            self._family._client.release(self._ref)

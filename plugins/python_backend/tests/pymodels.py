@@ -135,6 +135,48 @@ class TritonPythonModel:
 
 ASYNC_BLS = """
 import asyncio
+import json
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    async def execute(self, requests):
+        responses = []
+        for request in requests:
+            in0 = pb_utils.get_input_tensor_by_name(request, "INPUT0")
+            in1 = pb_utils.get_input_tensor_by_name(request, "INPUT1")
+            await asyncio.sleep(0.001)
+            if json.loads(request.parameters()).get("target") == "repeat":
+                bls = pb_utils.InferenceRequest(
+                    model_name="repeat", requested_output_names=["OUT"],
+                    inputs=[pb_utils.Tensor("COUNT", np.array([3], np.int32)),
+                            pb_utils.Tensor("DELAY_MS", np.array([1], np.int32))],
+                )
+                values = []
+                for response in await bls.async_exec(decoupled=True):
+                    if response.has_error():
+                        raise pb_utils.TritonModelException(response.error().message())
+                    if response.output_tensors():
+                        values.append(int(pb_utils.get_output_tensor_by_name(response, "OUT").as_numpy()[0]))
+                total = np.full((1, 16), sum(values) + 1000 * len(values), np.float32)
+            else:
+                bls = pb_utils.InferenceRequest(
+                    model_name="add_sub", requested_output_names=["OUTPUT0"], inputs=[in0, in1]
+                )
+                one, two = await asyncio.gather(bls.async_exec(), bls.async_exec())
+                if one.has_error():
+                    raise pb_utils.TritonModelException(one.error().message())
+                total = pb_utils.get_output_tensor_by_name(one, "OUTPUT0").as_numpy()
+                total = total + pb_utils.get_output_tensor_by_name(two, "OUTPUT0").as_numpy()
+            responses.append(pb_utils.InferenceResponse([
+                pb_utils.Tensor("OUTPUT0", total), pb_utils.Tensor("OUTPUT1", np.zeros_like(total))
+            ]))
+        return responses
+"""
+
+SYNC_BLS = """
+import asyncio
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
@@ -358,6 +400,19 @@ def write_repository(repo: Path) -> Path:
     )
     write_py_model(repo, "crasher", scalar_model("crasher", "TYPE_INT32", "TYPE_INT64"), CRASHER)
     write_py_model(repo, "auto", 'name: "auto"\nbackend: "python"\n', AUTO)
+    write_py_model(repo, "sender", scalar_model("sender", "TYPE_INT32", "TYPE_INT32"), SENDER)
+    write_py_model(repo, "sender_inproc", scalar_model("sender_inproc", "TYPE_INT32", "TYPE_INT32", extra=inproc), SENDER)
+    write_py_model(repo, "metrics", METRICS_CONFIG.format(name="metrics", extra=""), METRICS)
+    write_py_model(repo, "metrics_inproc", METRICS_CONFIG.format(name="metrics_inproc", extra=inproc), METRICS)
+    for name, extra in (("init_control", ""), ("init_control_inproc", inproc)):
+        write_py_model(
+            repo,
+            name,
+            f'name: "{name}"\nbackend: "python"\nmax_batch_size: 0\n'
+            'input [ { name: "IN" data_type: TYPE_INT32 dims: [ 1 ] } ]\n'
+            f'output [ {{ name: "OUT" data_type: TYPE_STRING dims: [ 1, 1 ] }} ]\n{extra}',
+            INIT_CONTROL,
+        )
     custom = write_py_model(
         repo, "custom_file", ADD_SUB_CONFIG.format(name="custom_file", extra='default_model_filename: "adder.py"'), ""
     )
@@ -395,4 +450,132 @@ class TritonPythonModel:
 
     def execute(self, requests):
         return [pb_utils.InferenceResponse([pb_utils.Tensor("OUT", np.array([[os.getpid()]], np.int64))]) for r in requests]
+"""
+
+
+METRICS_CONFIG = """
+name: "{name}"
+backend: "python"
+max_batch_size: 0
+input [ {{ name: "IN" data_type: TYPE_FP32 dims: [ 1 ] }} ]
+output [ {{ name: "COUNT" data_type: TYPE_FP64 dims: [ 1 ] }}, {{ name: "GAUGE" data_type: TYPE_FP64 dims: [ 1 ] }},
+         {{ name: "ERROR" data_type: TYPE_STRING dims: [ 1 ] }} ]
+instance_group [ {{ count: 2 kind: KIND_CPU }} ]
+{extra}
+"""
+
+# Triton's custom-metrics example, grown: a counter, a gauge and a histogram per model; request parameter
+# "case" runs one misuse and answers its error text in ERROR.
+METRICS = """
+import json
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+CASES = {
+    "counter_decrement": lambda m: m.counter.increment(-1),
+    "counter_set": lambda m: m.counter.set(3),
+    "gauge_observe": lambda m: m.gauge.observe(1),
+    "histogram_value": lambda m: m.histogram.value(),
+    "histogram_set": lambda m: m.histogram.set(1),
+    "histogram_without_buckets": lambda m: m.values.Metric(labels={"x": "y"}),
+    "counter_with_buckets": lambda m: m.requests.Metric(labels={"x": "y"}, buckets=[1.0]),
+    "labels_not_dict": lambda m: m.requests.Metric(labels=[("x", "y")]),
+    "buckets_not_list": lambda m: m.values.Metric(labels={"x": "y"}, buckets=(1, 2)),
+    "buckets_unsorted": lambda m: m.values.Metric(labels={"x": "z"}, buckets=[2.0, 1.0]),
+    "bad_label_name": lambda m: m.requests.Metric(labels={"bad-name": "x"}),
+    "label_not_str": lambda m: m.requests.Metric(labels={"x": 1}),
+    "duplicate_other_kind": lambda m: pb_utils.MetricFamily("requests_total", "again", pb_utils.MetricFamily.GAUGE),
+    "bad_family_name": lambda m: pb_utils.MetricFamily("", "empty", pb_utils.MetricFamily.GAUGE),
+    "server_family_name": lambda m: pb_utils.MetricFamily("nv_inference_count", "x", pb_utils.MetricFamily.COUNTER),
+    "kind_not_a_kind": lambda m: pb_utils.MetricFamily("some_family", "x", 7),
+}
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        labels = {"model": args["model_name"], "version": args["model_version"]}
+        self.requests = pb_utils.MetricFamily(
+            name="requests_total", description="Requests seen by the model", kind=pb_utils.MetricFamily.COUNTER
+        )
+        self.last = pb_utils.MetricFamily("last_input", "The last input\\nof the model", pb_utils.MetricFamily.GAUGE)
+        self.values = pb_utils.MetricFamily("input_values", "Inputs seen", pb_utils.MetricFamily.HISTOGRAM)
+        self.counter = self.requests.Metric(labels=labels)
+        self.gauge = self.last.Metric(labels=labels)
+        self.histogram = self.values.Metric(labels=labels, buckets=[1.0, 10.0])
+        # The same name and kind again: the same family; the same labels: the same series.
+        self.again = pb_utils.MetricFamily("requests_total", "other text", pb_utils.MetricFamily.COUNTER).Metric(labels)
+
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            value = float(pb_utils.get_input_tensor_by_name(request, "IN").as_numpy()[0])
+            case = json.loads(request.parameters()).get("case", "")
+            error = ""
+            if case == "temporary":
+                family = pb_utils.MetricFamily("temporary_gauge", "Dropped at once", pb_utils.MetricFamily.GAUGE)
+                metric = family.Metric(labels={"k": "v"})
+                metric.set(value)
+                error = str(metric.value())
+                del metric, family  # both gone: the family leaves the endpoint
+            elif case:
+                try:
+                    CASES[case](self)
+                except Exception as exc:
+                    error = f"{type(exc).__name__}: {exc}"
+            else:
+                self.counter.increment(1)
+                self.again.increment(0.5)
+                self.gauge.increment(-100)
+                self.gauge.set(value)
+                self.histogram.observe(value)
+            responses.append(pb_utils.InferenceResponse([
+                pb_utils.Tensor("COUNT", np.array([self.counter.value()], np.float64)),
+                pb_utils.Tensor("GAUGE", np.array([self.gauge.value()], np.float64)),
+                pb_utils.Tensor("ERROR", np.array([error.encode()], dtype=object)),
+            ]))
+        return responses
+"""
+
+INIT_CONTROL = """
+import json
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        # Model control works in initialize(); BLS does not (as in Triton): it answers an error at once.
+        self.seen = {"nope_ready": pb_utils.is_model_ready("nope"), "self_ready": pb_utils.is_model_ready(args["model_name"])}
+        bls = pb_utils.InferenceRequest(model_name="add_sub", requested_output_names=["OUTPUT0"], inputs=[])
+        response = bls.exec()
+        self.seen["bls_error"] = response.error().message() if response.has_error() else ""
+
+    def execute(self, requests):
+        text = json.dumps(self.seen).encode()
+        return [pb_utils.InferenceResponse([pb_utils.Tensor("OUT", np.array([[text]], dtype=object))]) for r in requests]
+"""
+
+# A default-mode (not decoupled) model answering through the response sender from a thread of its own,
+# which Triton allows since 24.06: one response, then the final flag.
+SENDER = """
+import threading
+import time
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        for request in requests:
+            value = pb_utils.get_input_tensor_by_name(request, "IN").as_numpy()
+            threading.Thread(target=self.answer, args=(request.get_response_sender(), value)).start()
+        return None
+
+    def answer(self, sender, value):
+        time.sleep(0.01)
+        sender.send(pb_utils.InferenceResponse([pb_utils.Tensor("OUT", value * 2)]))
+        try:
+            sender.send(pb_utils.InferenceResponse([pb_utils.Tensor("OUT", value)]))
+        except pb_utils.TritonModelException as exc:
+            pb_utils.Logger.log_info(f"sender: {exc}")
+        sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
 """

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import queue
+import time
 from typing import Any
 
 import numpy as np
@@ -91,11 +92,12 @@ def test_optional_input(py_server: RunningServer, protocol: str) -> None:
     assert both.as_numpy("OUTPUT0").tolist() == [2, 4]
 
 
-def test_initialize_args_are_triton_strings(py_server: RunningServer) -> None:
-    c = client(py_server, "http")
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_initialize_args_are_triton_strings(py_server: RunningServer, protocol: str) -> None:
+    c = client(py_server, protocol)
     seen = {}
     for _ in range(12):  # two instances: both answer eventually
-        result = c.infer("init_args", [tensor("http", "IN", np.array([1], np.int32))])
+        result = c.infer("init_args", [tensor(protocol, "IN", np.array([1], np.int32))])
         args = json.loads(result.as_numpy("OUT")[0, 0])
         seen[args["model_instance_name"]] = args
         if len(seen) == 2:
@@ -115,6 +117,9 @@ def test_response_parameters_and_request_parameters(py_server: RunningServer) ->
     body = {"inputs": [{"name": "IN", "shape": [1], "datatype": "INT32", "data": [1]}], "parameters": {"echo": "hi"}}
     answer = requests.post(f"{py_server.base}/v2/models/init_args/infer", json=body, timeout=30).json()
     assert answer["parameters"]["echo"] == "hi"
+    c = client(py_server, "grpc")
+    result = c.infer("init_args", [tensor("grpc", "IN", np.array([1], np.int32))], parameters={"echo": "grpc"})
+    assert result.get_response().parameters["echo"].string_param == "grpc"
 
 
 def _errors(server: RunningServer, protocol: str, mode: int) -> InferenceServerException:
@@ -147,7 +152,10 @@ def test_wrong_count_datatype_and_shape_are_clear_errors(py_server: RunningServe
 
 @pytest.mark.parametrize(
     ("code", "http_status", "grpc_status"),
-    [(2, "404", "NOT_FOUND"), (3, "400", "INVALID_ARGUMENT"), (4, "503", "UNAVAILABLE"), (5, "501", "UNIMPLEMENTED")],
+    [
+        (0, "400", "UNKNOWN"), (1, "500", "INTERNAL"), (2, "404", "NOT_FOUND"), (3, "400", "INVALID_ARGUMENT"),
+        (4, "503", "UNAVAILABLE"), (5, "501", "UNIMPLEMENTED"), (6, "400", "ALREADY_EXISTS"), (7, "400", "CANCELLED"),
+    ],  # fmt: skip
 )
 def test_triton_error_codes_reach_the_client(py_server: RunningServer, code: int, http_status: str, grpc_status: str) -> None:
     http_error = _errors(py_server, "http", 10 + code)
@@ -161,6 +169,9 @@ def test_async_execute_with_async_bls(py_server: RunningServer, protocol: str) -
     inputs, a, b = add_sub_inputs(protocol)
     result = client(py_server, protocol).infer("async_bls", inputs)
     np.testing.assert_allclose(result.as_numpy("OUTPUT0"), 2 * (a + b), rtol=1e-6)
+    # await async_exec(decoupled=True): the streamed responses of a decoupled model, then the final one
+    result = client(py_server, protocol).infer("async_bls", inputs, parameters={"target": "repeat"})
+    assert result.as_numpy("OUTPUT0")[0, 0] == 0 + 10 + 20 + 3000
 
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)
@@ -171,10 +182,11 @@ def test_sync_bls_to_another_model(py_server: RunningServer, protocol: str, mode
     np.testing.assert_allclose(result.as_numpy("OUTPUT0"), a - b, rtol=1e-6)
 
 
+@pytest.mark.parametrize("protocol", PROTOCOLS)
 @pytest.mark.parametrize("model", ["sync_bls", "sync_bls_inproc"])
-def test_bls_errors_and_decoupled_bls(py_server: RunningServer, model: str) -> None:
-    c = client(py_server, "http")
-    inputs, _, _ = add_sub_inputs("http")
+def test_bls_errors_and_decoupled_bls(py_server: RunningServer, protocol: str, model: str) -> None:
+    c = client(py_server, protocol)
+    inputs, _, _ = add_sub_inputs(protocol)
     with pytest.raises(InferenceServerException, match="BLS failed: Request for unknown model: 'nope' is not found"):
         c.infer(model, inputs, parameters={"target": "nope"})
     result = c.infer(model, inputs, parameters={"target": "repeat"})
@@ -214,6 +226,19 @@ def test_decoupled_repeat_streams_responses_from_a_thread(py_server: RunningServ
     assert not got[-1][0].get_response().outputs  # the flag-only final
 
 
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+@pytest.mark.parametrize("model", ["sender", "sender_inproc"])
+def test_response_sender_of_a_default_mode_model_from_a_thread(py_server: RunningServer, protocol: str, model: str) -> None:
+    c = client(py_server, protocol)
+    for value in (3, 7):
+        result = c.infer(model, [tensor(protocol, "IN", np.array([[value]], np.int32))])
+        assert result.as_numpy("OUT").tolist() == [[2 * value]]
+    deadline = time.monotonic() + 10
+    while "sender: Non-decoupled model cannot send more than one response." not in py_server.log():
+        assert time.monotonic() < deadline, "a second response was not refused"
+        time.sleep(0.05)
+
+
 def test_decoupled_zero_responses(py_server: RunningServer) -> None:
     inputs = [tensor("grpc", "COUNT", np.array([0], np.int32)), tensor("grpc", "DELAY_MS", np.array([0], np.int32))]
     got = _stream(py_server, "repeat", inputs, "zero", enable_empty_final_response=True)
@@ -250,3 +275,15 @@ def test_big_tensors_travel_in_their_own_segments(py_server: RunningServer, prot
         np.testing.assert_array_equal(result.as_numpy(f"OUTPUT{small_index}"), small)
     leftovers = [name for name in os.listdir("/dev/shm") if name.startswith("conch-py-") and str(py_server.process.pid) in name]
     assert leftovers == [], leftovers
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+@pytest.mark.parametrize("model", ["init_control", "init_control_inproc"])
+def test_initialize_may_use_model_control(py_server: RunningServer, protocol: str, model: str) -> None:
+    result = client(py_server, protocol).infer(model, [tensor(protocol, "IN", np.array([1], np.int32))])
+    seen = json.loads(result.as_numpy("OUT")[0, 0])
+    assert seen["nope_ready"] is False and seen["self_ready"] is False  # itself: still loading
+    if model == "init_control":  # a worker answers BLS in initialize() with an error, as Triton does not allow it
+        assert seen["bls_error"] == "BLS is not supported in initialize(); send BLS requests from execute()"
+    else:  # in-process it runs: this request has no inputs
+        assert "expected 2 inputs but got 0 inputs" in seen["bls_error"], seen

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+from typing import Any
 
 import numpy as np
 import pytest
 import triton_python_backend_utils as pb_utils
+from conch_python.bls import control
+
+from conch.errors import ConchError
 
 
 def test_byte_tensor_round_trip_and_empty() -> None:
@@ -101,6 +106,42 @@ def test_constants_and_unsupported_pieces() -> None:
         pb_utils.InferenceRequest(model_name="m").exec()
 
 
-def test_custom_metrics_say_they_are_not_supported_yet() -> None:
-    with pytest.raises(pb_utils.TritonModelException, match="MetricFamily is not supported yet"):
+def test_metric_family_kinds_and_use_outside_a_server() -> None:
+    assert (pb_utils.MetricFamily.COUNTER, pb_utils.MetricFamily.GAUGE, pb_utils.MetricFamily.HISTOGRAM) == (0, 1, 2)
+    assert repr(pb_utils.MetricFamily.COUNTER) == "<MetricKind.COUNTER: 0>"
+    with pytest.raises(TypeError, match="kind must be pb_utils.MetricFamily.COUNTER, GAUGE or HISTOGRAM"):
+        pb_utils.MetricFamily("x", "x", "counter")  # type: ignore[arg-type]
+    with pytest.raises(pb_utils.TritonModelException, match="MetricFamily is only available in a model served by"):
         pb_utils.MetricFamily("requests_total", "requests", pb_utils.MetricFamily.COUNTER)
+
+
+class _Service:
+    """Just enough of InferenceService for model control."""
+
+    def __init__(self) -> None:
+        self.loads: list[tuple[str, dict[str, Any]]] = []
+
+    async def load_model(self, name: str, parameters: dict[str, Any]) -> None:
+        self.loads.append((name, parameters))
+
+    def model_ready(self, name: str, version: str = "") -> bool:
+        return True
+
+
+def test_load_model_passes_config_and_files_to_the_load_api() -> None:
+    service = _Service()
+    config = '{"backend": "python", "max_batch_size": 2}'
+    files = {"file:1/model.py": b"print()", "file:1/extra.bin": bytearray(b"\x00\x01")}
+    asyncio.run(control(service, "load_model", ("m", config, files)))  # type: ignore[arg-type]
+    asyncio.run(control(service, "load_model", ("plain", "", None)))  # type: ignore[arg-type]
+    assert service.loads == [
+        ("m", {"config": config, "file:1/model.py": b"print()", "file:1/extra.bin": b"\x00\x01"}),
+        ("plain", {}),
+    ]
+    for bad, message in [
+        (("m", "", {"1/model.py": b""}), "file key '1/model.py' must start with 'file:'"),
+        (("m", "", {"file:1/model.py": "text"}), "the content of 'file:1/model.py' must be bytes, got str"),
+        (("m", {"backend": "python"}, None), "config must be the model configuration as a JSON string, got dict"),
+    ]:
+        with pytest.raises(ConchError, match=message):
+            asyncio.run(control(service, "load_model", bad))  # type: ignore[arg-type]

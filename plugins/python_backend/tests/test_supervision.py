@@ -7,6 +7,7 @@ import queue
 import signal
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -14,14 +15,20 @@ import requests
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from pymodels import ADD_SUB, ADD_SUB_CONFIG, CRASHER, READY_FILE, scalar_model, write_py_model
+from test_models import add_sub_inputs, client
 from tritonclient.utils import InferenceServerException
 
 from serverkit import RunningServer, start_server
 
 
-def _pid(url: str, model: str = "crasher", value: int = 1) -> int:
-    c = httpclient.InferenceServerClient(url, network_timeout=60)
-    inp = httpclient.InferInput("IN", [1, 1], "INT32")
+def _pid(url: str, model: str = "crasher", value: int = 1, protocol: str = "http", grpc_url: str = "") -> int:
+    """Ask ``crasher`` for its worker's pid (value 13 or 11 makes the worker kill itself instead)."""
+    if protocol == "grpc":
+        c: Any = grpcclient.InferenceServerClient(grpc_url)
+        inp: Any = grpcclient.InferInput("IN", [1, 1], "INT32")
+    else:
+        c = httpclient.InferenceServerClient(url, network_timeout=60)
+        inp = httpclient.InferInput("IN", [1, 1], "INT32")
     inp.set_data_from_numpy(np.array([[value]], np.int32))
     return int(c.infer(model, [inp]).as_numpy("OUT")[0, 0])
 
@@ -48,23 +55,22 @@ def _wait_ready(server: RunningServer, model: str, want: bool = True, timeout: f
     raise AssertionError(f"{model} ready={not want} for {timeout}s")
 
 
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
 @pytest.mark.parametrize(("value", "cause"), [(13, "exit code 3"), (11, "killed by signal SIGKILL")])
-def test_worker_death_fails_request_then_restarts(py_server: RunningServer, value: int, cause: str) -> None:
-    first = _pid(py_server.http_url)
+def test_worker_death_fails_request_then_restarts(py_server: RunningServer, value: int, cause: str, protocol: str) -> None:
+    _wait_ready(py_server, "crasher")
+    first = _pid(py_server.http_url, protocol=protocol, grpc_url=py_server.grpc_url)
     started = time.monotonic()
     with pytest.raises(InferenceServerException) as info:
-        _pid(py_server.http_url, value=value)
+        _pid(py_server.http_url, value=value, protocol=protocol, grpc_url=py_server.grpc_url)
     assert time.monotonic() - started < 10, "in-flight requests must fail at once"
     assert f"(pid {first}) stopped unexpectedly ({cause}) while running this request" in info.value.message()
+    assert info.value.status() == ("500" if protocol == "http" else "StatusCode.INTERNAL")
     # Other models are unaffected while it restarts.
-    c = httpclient.InferenceServerClient(py_server.http_url)
-    a = httpclient.InferInput("INPUT0", [1, 16], "FP32")
-    a.set_data_from_numpy(np.ones((1, 16), np.float32))
-    b = httpclient.InferInput("INPUT1", [1, 16], "FP32")
-    b.set_data_from_numpy(np.ones((1, 16), np.float32))
-    assert c.infer("add_sub", [a, b]).as_numpy("OUTPUT0")[0, 0] == 2
+    inputs, a, b = add_sub_inputs(protocol)
+    np.testing.assert_allclose(client(py_server, protocol).infer("add_sub", inputs).as_numpy("OUTPUT0"), a + b)
     _wait_ready(py_server, "crasher")
-    second = _pid(py_server.http_url)
+    second = _pid(py_server.http_url, protocol=protocol, grpc_url=py_server.grpc_url)
     assert second != first and _gone(first)
     assert "stopped unexpectedly" in py_server.log() and "restarted the worker" in py_server.log()
 
@@ -137,9 +143,11 @@ def _rss_kb(pid: int) -> int:
 
 
 def test_unload_ends_the_worker_and_memory_stays_steady(watched: RunningServer) -> None:
-    c = httpclient.InferenceServerClient(watched.http_url, network_timeout=60)
+    http = httpclient.InferenceServerClient(watched.http_url, network_timeout=60)
+    grpc = grpcclient.InferenceServerClient(watched.grpc_url)
     rss = []
     for cycle in range(30):
+        c: Any = http if cycle % 2 else grpc  # the repository API of both protocols
         if not c.is_model_ready("crasher"):
             c.load_model("crasher")
         pid = _pid(watched.http_url)
@@ -148,7 +156,7 @@ def test_unload_ends_the_worker_and_memory_stays_steady(watched: RunningServer) 
         rss.append(_rss_kb(watched.process.pid))
     growth = rss[-1] - rss[4]
     assert growth < 16 * 1024, f"server RSS grew {growth} kB over 25 load/unload cycles: {rss}"
-    c.load_model("crasher")
+    http.load_model("crasher")
 
 
 def test_too_small_dev_shm_is_a_clear_load_error(tmp_path: Path) -> None:

@@ -52,15 +52,44 @@ def build_request(
     return request
 
 
+def load_parameters(name: str, config: str, files: dict[str, bytes] | None) -> dict[str, Any]:
+    """``pb_utils.load_model``'s ``config`` and ``files`` as the server's load parameters, the same ones the
+    repository API takes: ``{"config": <JSON text>, "file:<path>": <bytes>}``."""
+    parameters: dict[str, Any] = {}
+    if config:
+        if not isinstance(config, str):
+            raise ConchError(
+                f"load_model('{name}'): config must be the model configuration as a JSON string, got "
+                f"{type(config).__name__}",
+                ErrorCode.INVALID_ARG,
+            )
+        parameters["config"] = config
+    if files:
+        if not isinstance(files, dict):
+            raise ConchError(
+                f"load_model('{name}'): files must be a dict of 'file:<path>' to bytes, got {type(files).__name__}",
+                ErrorCode.INVALID_ARG,
+            )
+        for key, content in files.items():
+            if not isinstance(key, str) or not key.startswith("file:"):
+                raise ConchError(
+                    f"load_model('{name}'): file key {key!r} must start with 'file:' (e.g. 'file:1/model.onnx')",
+                    ErrorCode.INVALID_ARG,
+                )
+            if not isinstance(content, (bytes, bytearray, memoryview)):
+                raise ConchError(
+                    f"load_model('{name}'): the content of {key!r} must be bytes, got {type(content).__name__}",
+                    ErrorCode.INVALID_ARG,
+                )
+            parameters[key] = bytes(content)
+    return parameters
+
+
 async def control(service: InferenceService, op: str, args: tuple[Any, ...]) -> Any:
     """``load_model`` / ``unload_model`` / ``is_model_ready`` on the server."""
     if op == "load_model":
         name, config, files = args
-        if config or files:
-            raise ConchError(
-                "load_model with a config override or files is not supported by Conch yet", ErrorCode.UNSUPPORTED
-            )
-        await service.load_model(name)
+        await service.load_model(name, load_parameters(name, config, files))
         if not service.model_ready(name):
             raise ConchError(f"failed to load '{name}'", ErrorCode.INTERNAL)
         return None

@@ -22,6 +22,7 @@ from conch.errors import ConchError
 from conch.inference import InferenceRequest, InferenceResponse
 from conch_python import bls
 from conch_python.convert import OutputChecker, error_from, request_fields
+from conch_python.custom_metrics import InProcessMetrics
 from conch_python.loader import initialize_args, locate
 from conch_python.modelcall import LoadedModel, check_responses, error_code, error_text
 
@@ -51,6 +52,7 @@ class InProcessRuntime:
     def __init__(self) -> None:
         self.loop: asyncio.AbstractEventLoop | None = None
         self.service: Any = None
+        self.metrics = InProcessMetrics(lambda: getattr(self.service, "custom_metrics", None))
 
     def _run(self, coroutine: Any) -> Any:
         if self.loop is None or self.service is None:
@@ -140,14 +142,19 @@ class InProcessInstance(ModelInstance):
         service = getattr(model, "server", None)
         if service is not None:
             RUNTIME.service = service
+            RUNTIME.loop = RUNTIME.loop or getattr(service, "loop", None)  # model control from initialize()
         pb_utils._set_runtime(RUNTIME)
         unique = "conch_inprocess_" + re.sub(r"\W", "_", f"{model.name}_{model.version}_{context.name}")
+        RUNTIME.metrics.enter(self, self.name)  # metric families created in initialize() are this instance's
         try:
-            self.model = LoadedModel(source, args, unique)
+            self.model = LoadedModel(source, args, unique, lambda: RUNTIME.metrics.enter(self, self.name))
         except Exception as exc:  # noqa: BLE001
+            RUNTIME.metrics.release_owner(self)
             raise error_from(
                 f"Failed to initialize Python model instance '{self.name}': {error_text(exc)}", error_code(exc)
             ) from None
+        finally:
+            RUNTIME.metrics.leave()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"conch-py-{self.name}")
 
     def is_ready(self) -> bool:
@@ -165,6 +172,7 @@ class InProcessInstance(ModelInstance):
         return await loop.run_in_executor(self._executor, self._execute, requests)
 
     def _execute(self, requests: list[InferenceRequest]) -> list[InferenceResponse] | None:
+        RUNTIME.metrics.enter(self, self.name)  # this executor thread only ever runs this instance
         wrapped = [self._wrap(request) for request in requests]
         try:
             result = check_responses(self.model.execute(wrapped), len(requests), self.decoupled)
@@ -220,3 +228,4 @@ class InProcessInstance(ModelInstance):
             self.model.finalize()
         finally:
             self._executor.shutdown(wait=False)
+            RUNTIME.metrics.release_owner(self)  # its custom metric families leave the endpoint

@@ -11,7 +11,7 @@ import inspect
 import os
 import threading
 import traceback
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import triton_python_backend_utils as pb_utils
@@ -24,10 +24,16 @@ _HERE = os.path.dirname(os.path.abspath(__file__))  # frames of conch_python are
 class AsyncRunner:
     """An event loop on a thread of its own, for ``async def`` hooks and the tasks they start."""
 
-    def __init__(self) -> None:
+    def __init__(self, setup: Callable[[], None] | None = None) -> None:
         self.loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self.loop.run_forever, name="conch-python-asyncio", daemon=True)
+        self._setup = setup
+        self._thread = threading.Thread(target=self._run, name="conch-python-asyncio", daemon=True)
         self._thread.start()
+
+    def _run(self) -> None:
+        if self._setup is not None:
+            self._setup()
+        self.loop.run_forever()
 
     def run(self, coroutine: Coroutine[Any, Any, Any]) -> Any:
         return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result()
@@ -39,10 +45,17 @@ class AsyncRunner:
 class LoadedModel:
     """One ``TritonPythonModel`` object, initialised."""
 
-    def __init__(self, source: ModelSource, args: dict[str, str], unique: str | None = None) -> None:
+    def __init__(
+        self,
+        source: ModelSource,
+        args: dict[str, str],
+        unique: str | None = None,
+        thread_setup: Callable[[], None] | None = None,
+    ) -> None:
         model_class = import_model_class(source, unique)
         self.model = model_class()
         self._async: AsyncRunner | None = None
+        self._thread_setup = thread_setup  # run first on the thread of async hooks
         initialize = getattr(self.model, "initialize", None)
         if initialize is not None:
             self.call(initialize, args)
@@ -57,7 +70,7 @@ class LoadedModel:
         result = function(*args)
         if inspect.isawaitable(result):
             if self._async is None:
-                self._async = AsyncRunner()
+                self._async = AsyncRunner(self._thread_setup)
             return self._async.run(_await(result))
         return result
 

@@ -29,6 +29,7 @@ from conch.errors import ConchError, ErrorCode
 from conch.inference import InferenceRequest, InferenceResponse
 from conch_python import bls
 from conch_python.convert import OutputChecker, error_from, request_fields
+from conch_python.custom_metrics import MetricBridge
 from conch_python.loader import initialize_args, locate
 from conch_python.shm import Ring, create_region, unlink_region
 from conch_python.wire import Channel, ChannelClosed, frames, put_tensors, take_tensors
@@ -67,8 +68,10 @@ class Worker:
         self.to_server = to_server
         self.pid = process.pid
         self.has_is_ready = False
+        self.metrics = MetricBridge(None, "")  # the worker's custom metrics, dropped when it exits
 
     def close(self) -> None:
+        self.metrics.close()
         self.channel.close()
         self.to_worker.close()
         self.to_server.close()
@@ -160,10 +163,14 @@ class WorkerInstance(ModelInstance):
             child.close()
             channel = Channel(parent)
             worker = Worker(process, channel, Ring(region_in), Ring(region_out))
+            worker.metrics = MetricBridge(getattr(self.service, "custom_metrics", None), self.name)
             spec = dict(self.spec, to_worker=name_in, to_server=name_out, prefix=self.prefix)
             try:
                 channel.send(("init", spec))
                 reply = channel.recv()
+                while reply[0] not in ("init_ok", "init_err"):  # initialize() may use the server
+                    self._during_init(worker, reply)
+                    reply = channel.recv()
             except ChannelClosed:
                 code = process.wait()
                 worker.close()
@@ -181,6 +188,31 @@ class WorkerInstance(ModelInstance):
         finally:
             for name in names:
                 unlink_region(name)
+
+    def _during_init(self, worker: Worker, message: tuple[Any, ...]) -> None:
+        """Answer what ``initialize()`` asks of the server (custom metrics, model control), off the loop."""
+        kind = message[0]
+        if kind == "metric":
+            reply = worker.metrics.handle(message[2], message[3])
+            if message[1]:
+                worker.channel.send(("rpc_resp", message[1], reply))
+        elif kind == "rpc":
+            try:
+                if self.service is None:
+                    raise bls.no_service()
+                future = asyncio.run_coroutine_threadsafe(bls.control(self.service, message[2], message[3]), self._loop)
+                answer: tuple[Any, Any] = (None, future.result())
+            except ConchError as exc:
+                answer = (exc.message, None)
+            except Exception as exc:  # noqa: BLE001 - the model sees it as a TritonModelException
+                answer = (f"{type(exc).__name__}: {exc}", None)
+            worker.channel.send(("rpc_resp", message[1], answer))
+        elif kind == "bls":
+            take_tensors(worker.to_server, message[2][4])  # free the ring space
+            error = "BLS is not supported in initialize(); send BLS requests from execute()"
+            worker.channel.send(("bls_resp", message[1], ([], (error, "UNSUPPORTED"), {}), True))
+        else:
+            log.warning("Python model instance '%s': unexpected message '%s' during initialize", self.name, kind)
 
     # -- the ModelInstance contract ------------------------------------------------------------------
 
@@ -278,6 +310,7 @@ class WorkerInstance(ModelInstance):
     def _detach(self, worker: Worker) -> None:
         """The worker's socket closed: it exited. Unless unloading, fail its work and restart it."""
         self._loop.remove_reader(worker.channel.sock.fileno())
+        worker.metrics.close()  # its families and series leave the metrics endpoint now
         if self._closing:
             worker.process.wait()
             worker.close()
@@ -369,6 +402,13 @@ class WorkerInstance(ModelInstance):
             self._call_soon(self._cancel_bls, message[1])
         elif kind == "rpc":
             self._call_soon(self._start_rpc, worker, message[1], message[2], message[3])
+        elif kind == "metric":
+            reply = worker.metrics.handle(message[2], message[3])
+            if message[1]:
+                try:
+                    worker.channel.send(("rpc_resp", message[1], reply))
+                except ChannelClosed:
+                    pass
 
     def _call_soon(self, function: Any, *args: Any) -> None:
         function(*args)  # messages are dispatched on the event loop already

@@ -20,6 +20,7 @@ from typing import Any
 
 import triton_python_backend_utils as pb_utils
 
+from conch_python.custom_metrics import WorkerMetrics
 from conch_python.loader import ModelSource
 from conch_python.modelcall import LoadedModel, check_responses, error_code, error_text
 from conch_python.shm import Ring, open_region
@@ -65,7 +66,9 @@ class _Slot:
 class WorkerRuntime:
     """What pb_utils talks to inside the worker: responses, cancellation, BLS, model control."""
 
-    def __init__(self, channel: Channel, inbound: Ring, outbound: Ring, prefix: str, decoupled: bool) -> None:
+    def __init__(
+        self, channel: Channel, inbound: Ring, outbound: Ring, prefix: str, decoupled: bool, instance: str = ""
+    ) -> None:
         self.channel = channel
         self.inbound = inbound  # server -> worker tensors
         self.outbound = outbound  # worker -> server tensors
@@ -75,6 +78,7 @@ class WorkerRuntime:
         self.executions: queue.SimpleQueue[tuple[int, list[Any]] | None] = queue.SimpleQueue()
         self._tokens = itertools.count(1)
         self._waiting: dict[int, Any] = {}
+        self.metrics = WorkerMetrics(channel.send, self._ask, instance)  # pb_utils.MetricFamily
 
     # -- sending ---------------------------------------------------------------------------------
 
@@ -281,16 +285,18 @@ def main() -> None:
     logging.getLogger("conch").setLevel(spec["log_level"])
     inbound = Ring(open_region(spec["to_worker"]))
     outbound = Ring(open_region(spec["to_server"]))
-    runtime = WorkerRuntime(channel, inbound, outbound, spec["prefix"], spec["decoupled"])
+    instance = spec["args"]["model_instance_name"]
+    runtime = WorkerRuntime(channel, inbound, outbound, spec["prefix"], spec["decoupled"], instance)
     pb_utils._set_runtime(runtime)
     source = ModelSource(spec["path"], spec["package_dir"])
+    # Reading starts before initialize(), which may wait for the server's answers (metrics, load_model).
+    threading.Thread(target=runtime.read_forever, name="conch-python-reader", daemon=True).start()
     try:
         runtime.model = LoadedModel(source, spec["args"])
     except BaseException as exc:  # noqa: BLE001 - reported to the server, which fails the load
         channel.send(("init_err", error_text(exc), error_code(exc)))
         sys.exit(1)
     channel.send(("init_ok", os.getpid(), runtime.model.has_is_ready))
-    threading.Thread(target=runtime.read_forever, name="conch-python-reader", daemon=True).start()
     runtime.execute_forever()
     sys.stdout.flush()
     os._exit(0)
