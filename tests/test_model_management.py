@@ -538,3 +538,52 @@ def test_http_client_load_with_config_override(override_server: RunningServer) -
     assert client.get_model_config("ident")["max_batch_size"] == 4
     client.load_model("ident")
     assert client.get_model_config("ident")["max_batch_size"] == 8
+
+
+LOADER_MODEL = '''
+import json
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+CHILD = """
+import triton_python_backend_utils as pb_utils
+class TritonPythonModel:
+    def execute(self, requests):
+        return [pb_utils.InferenceResponse([pb_utils.Tensor('OUTPUT0',
+            pb_utils.get_input_tensor_by_name(r, 'INPUT0').as_numpy() + 100)]) for r in requests]
+"""
+
+class TritonPythonModel:
+    def execute(self, requests):
+        config = {
+            "backend": "python", "max_batch_size": 8,
+            "input": [{"name": "INPUT0", "data_type": "TYPE_FP32", "dims": [-1]}],
+            "output": [{"name": "OUTPUT0", "data_type": "TYPE_FP32", "dims": [-1]}],
+        }
+        pb_utils.load_model("child", config=json.dumps(config), files={"file:1/model.py": CHILD.encode()})
+        responses = []
+        for request in requests:
+            data = pb_utils.get_input_tensor_by_name(request, "INPUT0")
+            child = pb_utils.InferenceRequest(model_name="child", requested_output_names=["OUTPUT0"], inputs=[data])
+            answer = child.exec()
+            if answer.has_error():
+                raise pb_utils.TritonModelException(answer.error().message())
+            out = pb_utils.get_output_tensor_by_name(answer, "OUTPUT0").as_numpy()
+            responses.append(pb_utils.InferenceResponse([pb_utils.Tensor("OUTPUT0", out)]))
+        return responses
+'''
+
+
+def test_python_model_loads_another_from_override_files(tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    config = identity_config("loader").replace('backend: "identity"', 'backend: "python"')
+    write_model(repo, "loader", config, files={"1/model.py": LOADER_MODEL})
+    server = start_server([repo], tmp_path, "--model-control-mode=explicit", "--load-model=loader")
+    try:
+        response = _infer(server, "loader", 1.0)
+        assert response.status_code == 200, response.text
+        assert response.json()["outputs"][0]["data"] == [101.0, 101.0]
+        assert _state(server, "child") == "READY"
+        assert not (repo / "child").exists()
+    finally:
+        server.stop()
