@@ -187,11 +187,12 @@ def _header(ns: argparse.Namespace, stamp: datetime, tool: Path, peers: list[str
             busy: tuple[int, int], minutes: float) -> list[str]:  # fmt: skip
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.machine())  # fmt: skip
-    version = subprocess.run([str(tool), "--version"], capture_output=True, text=True).stdout.strip() or "?"
+    done = subprocess.run([str(tool), "--version"], capture_output=True, text=True)
+    version = (done.stdout + done.stderr).strip().splitlines()[-1:] or ["?"]
     return [
         f"# Conch benchmark, {stamp:%Y-%m-%d %H:%M} UTC ({ns.mode} mode, {minutes:.1f} min)",
         "",
-        f"- Machine: {os.cpu_count()} × {cpu}, Python {platform.python_version()}; perf_analyzer ({version}) "
+        f"- Machine: {os.cpu_count()} × {cpu}, Python {platform.python_version()}; {version[0]} "
         "and every server on the same cores; one server measured at a time, the others idle.",
         f"- Load average at the start: {load[0]:.2f}; the machine's CPUs were {100 * busy[0] / max(busy[1], 1):.0f} % "
         "busy over the run (all processes, the benchmark's included).",
