@@ -38,7 +38,9 @@ MODES = {
 def parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
-    parser.add_argument("--short", action="store_true", help="quick check (under 3 minutes): 2 models, c=1,16, 1 repeat")
+    parser.add_argument(
+        "--short", action="store_true", help="quick check (under 3 minutes): 2 models, c=1,16, 1 repeat"
+    )
     parser.add_argument("--peers", default="triton,mlserver", help="peer servers to install and measure, or 'none'")
     parser.add_argument("--models", help=f"comma-separated, from: {', '.join(models.MODELS)}")
     parser.add_argument("--protocols", default="http,grpc")
@@ -201,4 +203,3 @@ def _header(ns: argparse.Namespace, stamp: datetime, tool: Path, peers: list[str
         f"stability {ns.stability} % within {ns.max_trials} windows; {ns.repeats} repeat(s) per cell, servers in turn.",
         f"- Command: `python -m benchmarks {' '.join(sys.argv[1:])}`".rstrip() + "",
     ]
-

@@ -68,7 +68,9 @@ class BinaryTensors:
             if size is not None:
                 tensor["data"] = np.frombuffer(body[offset : offset + size], DTYPES[tensor["datatype"]]).tolist()
                 offset += size
-        binary = {o["name"] for o in request.get("outputs", []) if (o.get("parameters") or {}).pop("binary_data", False)}
+        binary = {
+            o["name"] for o in request.get("outputs", []) if (o.get("parameters") or {}).pop("binary_data", False)
+        }
         if (request.get("parameters") or {}).pop("binary_data_output", False):
             binary = None  # every output
         plain = json.dumps(request).encode()
@@ -111,8 +113,10 @@ class BinaryTensors:
                 extra = [(b"inference-header-content-length", str(len(head)).encode())]
             drop = (b"content-length", b"content-type")
             response_headers = [(k, v) for k, v in start.get("headers", []) if k not in drop] + extra
-            response_headers += [(b"content-length", str(len(body)).encode()),
-                                 (b"content-type", b"application/octet-stream" if extra else b"application/json")]
+            response_headers += [
+                (b"content-length", str(len(body)).encode()),
+                (b"content-type", b"application/octet-stream" if extra else b"application/json"),
+            ]
             await send({**start, "headers": response_headers})
             await send({"type": "http.response.body", "body": body, "more_body": False})
 

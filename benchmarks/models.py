@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass
+from itertools import pairwise
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -94,7 +95,7 @@ def write_graph(model: Model, path: Path) -> None:
         rng = np.random.default_rng(7)
         sizes = [MLP_WIDTH, MLP_HIDDEN, MLP_HIDDEN, MLP_WIDTH]
         nodes, weights, previous = [], [], "INPUT0"
-        for layer, (fan_in, fan_out) in enumerate(zip(sizes, sizes[1:])):
+        for layer, (fan_in, fan_out) in enumerate(pairwise(sizes)):
             w = (rng.standard_normal((fan_in, fan_out)) / np.sqrt(fan_in)).astype(np.float32)
             weights += [numpy_helper.from_array(w, f"w{layer}"),
                         numpy_helper.from_array(np.zeros(fan_out, np.float32), f"b{layer}")]  # fmt: skip
@@ -121,7 +122,7 @@ def parameters(model: Model) -> int:
     if model.graph != "mlp":
         return 0
     sizes = [MLP_WIDTH, MLP_HIDDEN, MLP_HIDDEN, MLP_WIDTH]
-    return sum(a * b + b for a, b in zip(sizes, sizes[1:]))
+    return sum(a * b + b for a, b in pairwise(sizes))
 
 
 # -- Conch and Triton -----------------------------------------------------------------------------

@@ -37,8 +37,12 @@ def plot(results: Path) -> list[Path]:
                     continue
                 color, marker = STYLE.get(server, ("tab:gray", "x"))
                 x = [p[0] for p in points]
-                axes[0][col].plot(x, [p[1] for p in points], color=color, marker=marker, label=NAMES.get(server, server))
-                axes[1][col].plot(x, [p[2] for p in points], color=color, marker=marker, label=NAMES.get(server, server))
+                axes[0][col].plot(
+                    x, [p[1] for p in points], color=color, marker=marker, label=NAMES.get(server, server)
+                )
+                axes[1][col].plot(
+                    x, [p[2] for p in points], color=color, marker=marker, label=NAMES.get(server, server)
+                )
             for row, label in enumerate(("infer/s", "p99 latency (ms)")):
                 ax = axes[row][col]
                 ax.set_xscale("log", base=2)

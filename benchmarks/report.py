@@ -91,7 +91,10 @@ def markdown(cells: list[Cell], baselines: dict[str, Baseline], header: list[str
                 for peer in peers:
                     ratios = []
                     for level in levels:
-                        ours, theirs = throughput("conch", model, protocol, level), throughput(peer, model, protocol, level)
+                        ours, theirs = (
+                            throughput("conch", model, protocol, level),
+                            throughput(peer, model, protocol, level),
+                        )
                         ratios.append(f"{ours / theirs:.2f}×" if ours and theirs else "—")
                     if any(r != "—" for r in ratios):
                         out.append(f"| {model} | {protocol.upper()} | {NAMES[peer]} | " + " | ".join(ratios) + " |")
@@ -120,9 +123,16 @@ def markdown(cells: list[Cell], baselines: dict[str, Baseline], header: list[str
                     row += [f"{cell.p50_us:,.0f}", f"{overhead:,.0f}{flag}"]
                 out.append("| " + " | ".join(row) + " |")
         out.append("")
-        out += ["## Raw baselines", "", "| model | call | median µs | p99 µs | calls/s (one thread) |", "|---|---|---|---|---|"]
+        out += [
+            "## Raw baselines",
+            "",
+            "| model | call | median µs | p99 µs | calls/s (one thread) |",
+            "|---|---|---|---|---|",
+        ]
         for base in baselines.values():
-            out.append(f"| {base.model} | {base.call} | {base.median_us:.1f} | {base.p99_us:.1f} | {base.calls_per_s:,.0f} |")
+            out.append(
+                f"| {base.model} | {base.call} | {base.median_us:.1f} | {base.p99_us:.1f} | {base.calls_per_s:,.0f} |"
+            )
         out.append("")
 
     out += ["## Every measurement", "",

@@ -99,7 +99,15 @@ def start(kind: str, repo: Path, log: Path, peer: Command | None = None) -> Serv
         flags = [f"--model-repository={repo}", f"--http-port={http}", f"--grpc-port={grpc}",
                  f"--metrics-port={metrics}", "--log-info=false"]  # fmt: skip
         if kind == "conch":
-            args = [sys.executable, "-m", "conch", "serve", *flags, "--http-address=127.0.0.1", "--grpc-address=127.0.0.1"]
+            args = [
+                sys.executable,
+                "-m",
+                "conch",
+                "serve",
+                *flags,
+                "--http-address=127.0.0.1",
+                "--grpc-address=127.0.0.1",
+            ]
         else:
             assert peer is not None
             args = [*peer.args, *flags]
