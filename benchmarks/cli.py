@@ -31,7 +31,7 @@ MODES = {
     "short": dict(models="add_sub_python,add_sub_onnx", concurrency="1,16", repeats=1, interval_ms=500,
                   stability=50, max_trials=5, raw_seconds=1.0),
     "full": dict(models=",".join(models.MODELS), concurrency="1,4,16,64", repeats=2, interval_ms=1000,
-                 stability=20, max_trials=6, raw_seconds=3.0),
+                 stability=25, max_trials=6, raw_seconds=3.0),
 }  # fmt: skip
 
 
