@@ -1,7 +1,8 @@
 """The raw in-process baseline of each framework model: its call in a loop, no server (the physical limit).
 
 - Python models: the add_sub ``TritonPythonModel.execute`` on one request, with conch-python's ``pb_utils``;
-- ONNX models: ``InferenceSession.run`` at batch 1 with the session options of one Conch instance.
+- ONNX models: ``InferenceSession.run`` at batch 1 with the session options of one Conch instance
+  (its intra-op threads, no spinning).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .models import ADD_SUB_PY, Model, threads
+from .models import ADD_SUB_PY, NO_SPINNING, Model, threads
 
 
 @dataclass
@@ -70,6 +71,7 @@ def _onnx(model: Model, graph: Path | None) -> tuple[Callable[[], object], str]:
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads(model)
     options.inter_op_num_threads = 1
+    options.add_session_config_entry(*NO_SPINNING)
     session = ort.InferenceSession(str(graph), options, providers=["CPUExecutionProvider"])
     rng = np.random.default_rng(0)
     feed = {name: rng.random((1, width), np.float32) for name, width in model.inputs}

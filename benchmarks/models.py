@@ -13,6 +13,8 @@ perf_analyzer command line measures any of them:
 Conch serves the ONNX graphs with its onnxruntime backend. The Triton build here has only the Python
 backend, so for Triton an ONNX model is a ``model.py`` that runs the graph with ONNX Runtime (one
 ``run`` per ``execute``, the batch concatenated); MLServer gets custom runtimes doing the same.
+Every ONNX Runtime session, on every server and in the raw loop, has the same threads (cores divided
+among the instances) and does not spin (``NO_SPINNING``).
 """
 
 from __future__ import annotations
@@ -26,6 +28,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 ADD_SUB_PY = ROOT / "examples" / "model_repository" / "add_sub" / "1" / "model.py"
 MLP_WIDTH, MLP_HIDDEN = 256, 2048
+#: ONNX Runtime's session entry set on every server (and the raw loop) alike: intra-op threads sleep
+#: between runs instead of spinning, which on a small shared machine steals the cores the server and the
+#: client need (measured: 1.8x the MLP's throughput at concurrency 16 on 2 cores; docs/performance.md).
+NO_SPINNING = ("session.intra_op.allow_spinning", "0")
 
 
 @dataclass(frozen=True)
@@ -141,6 +147,8 @@ def config(model: Model, backend: str) -> str:
     ]
     if model.dynamic:
         lines.append("dynamic_batching { }")
+    if model.kind == "onnx" and backend == "onnxruntime":
+        lines.append(f'parameters {{ key: "{NO_SPINNING[0]}" value: {{ string_value: "{NO_SPINNING[1]}" }} }}')
     return "\n".join(lines) + "\n"
 
 
@@ -166,6 +174,7 @@ class TritonPythonModel:
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = THREADS
         options.inter_op_num_threads = 1
+        options.add_session_config_entry("{spin_key}", "{spin_value}")
         path = os.path.join(args["model_repository"], args["model_version"], "model.onnx")
         self.session = onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"])
 
@@ -211,7 +220,9 @@ def write_triton(root: Path, models: list[Model], graphs: dict[str, Path]) -> Pa
         if model.kind == "python":
             (version / "model.py").write_text(ADD_SUB_PY.read_text())
         else:
-            (version / "model.py").write_text(TRITON_ONNX_PY.format(threads=threads(model)))
+            (version / "model.py").write_text(
+                TRITON_ONNX_PY.format(threads=threads(model), spin_key=NO_SPINNING[0], spin_value=NO_SPINNING[1])
+            )
             (version / "model.onnx").symlink_to(graphs[model.name])
     return root
 
@@ -247,6 +258,8 @@ class OnnxGraph(MLModel):
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = int(self.settings.parameters.extra["threads"])
         options.inter_op_num_threads = 1
+        for key, value in self.settings.parameters.extra["session_config"].items():
+            options.add_session_config_entry(key, value)
         path = await get_model_uri(self.settings)
         self.session = onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"])
         self.output_names = [o.name for o in self.session.get_outputs()]
@@ -273,7 +286,10 @@ def write_mlserver(root: Path, models: list[Model], graphs: dict[str, Path]) -> 
             "implementation": "bench_runtime." + ("AddSub" if model.kind == "python" else "OnnxGraph"),
             "inputs": [{"name": n, "datatype": "FP32", "shape": [-1, w]} for n, w in model.inputs],
             "outputs": [{"name": n, "datatype": "FP32", "shape": [-1, w]} for n, w in model.outputs],
-            "parameters": {"uri": "./model.onnx", "extra": {"threads": threads(model)}},
+            "parameters": {
+                "uri": "./model.onnx",
+                "extra": {"threads": threads(model), "session_config": dict([NO_SPINNING])},
+            },
         }
         if model.dynamic:  # MLServer's adaptive batching: what is queued within 1 ms, up to max_batch_size
             settings.update(max_batch_size=model.max_batch_size, max_batch_time=0.001)
