@@ -1,28 +1,28 @@
-"""Start and stop the servers a benchmark compares: ``conch serve`` and the real Triton 2.51.
+"""Start and stop the servers the suite compares, and read what each one spent: CPU time and inferences.
 
-Shared by every benchmark script, so each measures both servers the same way.
+Every server runs in a session of its own (``start_new_session``), so its whole process tree (Conch's
+Python-backend workers, Triton's stubs, MLServer's workers) is found by session id, and ended together.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import requests
 
-#: The real Triton 2.51 (Python backend only), from ../shared/tools.
-TRITON = Path(os.environ.get("TRITON_REFERENCE", "/work/shared/tools/triton-reference"))
+from .install import Command
 
-
-def default_perf_analyzer() -> str:
-    """``$PERF_ANALYZER``, else the copy ../shared/tools installs (when present), else ``perf_analyzer`` on PATH."""
-    tool = os.environ.get("PERF_ANALYZER") or str(Path.home() / ".cache/conch-tools/bin/perf_analyzer")
-    return tool if Path(tool).exists() else "perf_analyzer"
+TICK = os.sysconf("SC_CLK_TCK")
+NAMES = {"conch": "Conch", "triton": "Triton 2.51", "mlserver": "MLServer 1.7"}
 
 
 def free_port() -> int:
@@ -31,38 +31,112 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def start(kind: str, repo: Path, log: Path) -> tuple[subprocess.Popen[bytes], int, int]:
-    """``conch serve`` (kind "conch") or Triton (kind "triton") over ``repo`` on free loopback ports.
+@dataclass
+class Server:
+    """A running server: its kind, process, loopback ports and log."""
 
-    Returns the process and its HTTP and gRPC ports once the server is ready.
+    kind: str
+    process: subprocess.Popen[bytes]
+    http: int
+    grpc: int
+    metrics: int
+    log: Path
+    models: list[str] = field(default_factory=list)
+
+    def url(self, protocol: str) -> str:
+        return f"127.0.0.1:{self.http if protocol == 'http' else self.grpc}"
+
+    def cpu_seconds(self) -> float:
+        """User plus system CPU time of every live process in the server's session."""
+        return session_cpu(self.process.pid)
+
+    def inferences(self, model: str) -> int | None:
+        """Inferences the server has counted for ``model`` so far (statistics extension or metrics)."""
+        try:
+            if self.kind == "mlserver":
+                text = requests.get(f"http://127.0.0.1:{self.metrics}/metrics", timeout=5).text
+                found = re.findall(rf'^model_infer_request_success_total{{model="{model}",[^}}]*}} (\S+)', text, re.M)
+                return int(sum(float(value) for value in found))
+            stats = requests.get(f"http://127.0.0.1:{self.http}/v2/models/{model}/stats", timeout=5).json()
+            return sum(int(entry["inference_count"]) for entry in stats["model_stats"])
+        except (requests.RequestException, KeyError, ValueError):
+            return None
+
+
+def session_cpu(sid: int) -> float:
+    """CPU seconds (utime + stime) of the processes whose session id is ``sid``."""
+    ticks = 0
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat", "rb") as f:
+                fields = f.read().rsplit(b")", 1)[1].split()
+        except OSError:  # gone meanwhile
+            continue
+        if int(fields[3]) == sid:  # after the name: state ppid pgrp session ... utime(11) stime(12)
+            ticks += int(fields[11]) + int(fields[12])
+    return ticks / TICK
+
+
+def start(kind: str, repo: Path, log: Path, peer: Command | None = None) -> Server:
+    """``conch serve``, tritonserver or MLServer over ``repo`` on free loopback ports, once ready.
+
+    ``peer`` is how to run Triton or MLServer (from :mod:`benchmarks.install`).
     """
     http, grpc, metrics = free_port(), free_port(), free_port()
-    flags = [f"--model-repository={repo}", f"--http-port={http}", f"--grpc-port={grpc}", f"--metrics-port={metrics}",
-             "--log-info=false"]  # fmt: skip
-    if kind == "conch":
-        args = [sys.executable, "-m", "conch", "serve", *flags, "--http-address=127.0.0.1", "--grpc-address=127.0.0.1"]
+    env = dict(os.environ)
+    cwd = None
+    if kind == "mlserver":
+        assert peer is not None
+        settings = {"http_port": http, "grpc_port": grpc, "metrics_port": metrics, "host": "127.0.0.1",
+                    "debug": False, "parallel_workers": 1}  # fmt: skip
+        (repo / "settings.json").write_text(json.dumps(settings))
+        args = [*peer.args, str(repo)]
+        env.update(peer.env)
+        cwd = repo
     else:
-        args = [str(TRITON), "serve", *flags]
-    process = subprocess.Popen(args, stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True)
+        flags = [f"--model-repository={repo}", f"--http-port={http}", f"--grpc-port={grpc}",
+                 f"--metrics-port={metrics}", "--log-info=false"]  # fmt: skip
+        if kind == "conch":
+            args = [
+                sys.executable,
+                "-m",
+                "conch",
+                "serve",
+                *flags,
+                "--http-address=127.0.0.1",
+                "--grpc-address=127.0.0.1",
+            ]
+        else:
+            assert peer is not None
+            args = [*peer.args, *flags]
+            env.update(peer.env)
+    process = subprocess.Popen(args, stdout=log.open("wb"), stderr=subprocess.STDOUT, cwd=cwd, env=env,
+                               start_new_session=True)  # fmt: skip
+    server = Server(kind, process, http, grpc, metrics, log)
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise SystemExit(f"{kind} exited:\n{log.read_text()[-3000:]}")
+            raise RuntimeError(f"{kind} exited with {process.returncode}:\n{log.read_text()[-3000:]}")
         try:
             if requests.get(f"http://127.0.0.1:{http}/v2/health/ready", timeout=1).status_code == 200:
-                return process, http, grpc
+                return server
         except requests.RequestException:
             pass
-        time.sleep(0.2)
-    stop(process)
-    raise SystemExit(f"{kind} did not become ready:\n{log.read_text()[-3000:]}")
+        time.sleep(0.25)
+    stop(server)
+    raise RuntimeError(f"{kind} did not become ready in 180 s:\n{log.read_text()[-3000:]}")
 
 
-def stop(process: subprocess.Popen[bytes]) -> None:
-    """End the server and everything it started (Triton's Python stubs, Conch's workers)."""
-    os.killpg(process.pid, signal.SIGTERM)
+def stop(server: Server) -> None:
+    """End the server and everything it started."""
     try:
-        process.wait(timeout=60)
+        os.killpg(server.process.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    try:
+        server.process.wait(timeout=30)
     except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
+        os.killpg(server.process.pid, signal.SIGKILL)
+        server.process.wait()

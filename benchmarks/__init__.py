@@ -1,0 +1,1 @@
+"""Conch's benchmark suite: ``python -m benchmarks`` (or ``./dev bench``); see benchmarks/README.md."""
