@@ -14,7 +14,7 @@ Conch serves the ONNX graphs with its onnxruntime backend. The Triton build here
 backend, so for Triton an ONNX model is a ``model.py`` that runs the graph with ONNX Runtime (one
 ``run`` per ``execute``, the batch concatenated); MLServer gets custom runtimes doing the same.
 Every ONNX Runtime session, on every server and in the raw loop, has the same threads (cores divided
-among the instances) and does not spin (``NO_SPINNING``).
+among the instances) and does not spin (``NO_SPINNING``; Conch's ONNX Runtime backend does not by default).
 """
 
 from __future__ import annotations
@@ -147,8 +147,6 @@ def config(model: Model, backend: str) -> str:
     ]
     if model.dynamic:
         lines.append("dynamic_batching { }")
-    if model.kind == "onnx" and backend == "onnxruntime":
-        lines.append(f'parameters {{ key: "{NO_SPINNING[0]}" value: {{ string_value: "{NO_SPINNING[1]}" }} }}')
     return "\n".join(lines) + "\n"
 
 

@@ -48,7 +48,10 @@ def test_parameters_then_backend_config_then_default() -> None:
     assert settings.inter_op_threads == 5
     assert settings.parallel and settings.graph_level == "ORT_ENABLE_BASIC"
     assert settings.mem_arena is False and settings.mem_pattern is True
-    assert settings.session_entries == {"session.use_device_allocator_for_initializers": "1"}
+    assert settings.session_entries == {
+        "session.use_device_allocator_for_initializers": "1",
+        "session.intra_op.allow_spinning": "0",  # Conch's default: no spinning
+    }
     assert settings.run_entries == {"memory.enable_memory_arena_shrinkage": "cpu:0"}
     options = settings.session_options(ort)
     assert options.intra_op_num_threads == 3 and options.inter_op_num_threads == 5
@@ -56,6 +59,9 @@ def test_parameters_then_backend_config_then_default() -> None:
     assert options.graph_optimization_level == ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
     assert options.enable_cpu_mem_arena is False
     assert options.get_session_config_entry("session.use_device_allocator_for_initializers") == "1"
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    spinning = session_settings(_instance('parameters [ { key: "session.intra_op.allow_spinning" value: { string_value: "1" } } ]'), {})
+    assert spinning.session_entries["session.intra_op.allow_spinning"] == "1"  # the config wins
     assert settings.run_options(ort) is not None
 
 
