@@ -159,8 +159,10 @@ class InferenceRequest:
         self.inputs[tensor.name] = tensor
 
     def add_output(self, output: RequestedOutput) -> None:
-        if any(existing.name == output.name for existing in self.outputs):
-            raise ConchError(f"{self.log_prefix}output '{output.name}' already exists in request", ErrorCode.INVALID_ARG)
+        name = output.name
+        for existing in self.outputs:
+            if existing.name == name:
+                raise ConchError(f"{self.log_prefix}output '{name}' already exists in request", ErrorCode.INVALID_ARG)
         self.outputs.append(output)
 
     def input_array(self, name: str) -> np.ndarray:
