@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -77,13 +78,15 @@ class ResponseStream:
     """Where a request's responses go; safe to call ``send`` from any thread.
 
     The frontend awaits ``next()`` (unary) or iterates (streaming); the scheduler or backend sends.
+    One consumer at a time: a deque and a single waiting future, lighter than an ``asyncio.Queue``.
     """
 
-    __slots__ = ("_loop", "_queue", "done", "cancelled", "on_done")
+    __slots__ = ("_loop", "_items", "_waiter", "done", "cancelled", "on_done")
 
     def __init__(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
         self._loop = loop or asyncio.get_running_loop()
-        self._queue: asyncio.Queue[InferenceResponse] = asyncio.Queue()
+        self._items: deque[InferenceResponse] = deque()
+        self._waiter: asyncio.Future[None] | None = None
         self.done = False
         self.cancelled = False
         self.on_done: Callable[[], None] | None = None  # called on the loop after the final response
@@ -97,19 +100,33 @@ class ResponseStream:
         call_on_loop(self._loop, self._deliver, response)
 
     def _deliver(self, response: InferenceResponse) -> None:
-        self._queue.put_nowait(response)
+        self._items.append(response)
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
         if response.final and self.on_done is not None:
             self.on_done()
 
     def fail(self, error: ConchError) -> None:
         self.send(InferenceResponse(error=error, final=True))
 
+    def ready(self) -> bool:
+        """Whether ``next()`` would return without waiting."""
+        return bool(self._items)
+
     async def next(self) -> InferenceResponse:
-        return await self._queue.get()
+        items = self._items
+        while not items:
+            waiter = self._waiter = self._loop.create_future()
+            try:
+                await waiter
+            finally:
+                self._waiter = None
+        return items.popleft()
 
     async def __aiter__(self) -> AsyncIterator[InferenceResponse]:
         while True:
-            response = await self._queue.get()
+            response = await self.next()
             yield response
             if response.final:
                 return
@@ -142,8 +159,10 @@ class InferenceRequest:
         self.inputs[tensor.name] = tensor
 
     def add_output(self, output: RequestedOutput) -> None:
-        if any(existing.name == output.name for existing in self.outputs):
-            raise ConchError(f"{self.log_prefix}output '{output.name}' already exists in request", ErrorCode.INVALID_ARG)
+        name = output.name
+        for existing in self.outputs:
+            if existing.name == name:
+                raise ConchError(f"{self.log_prefix}output '{name}' already exists in request", ErrorCode.INVALID_ARG)
         self.outputs.append(output)
 
     def input_array(self, name: str) -> np.ndarray:

@@ -55,9 +55,8 @@ class Server:
         self.models: ModelManager | None = None
         self.service: InferenceService | None = None
         self._stop = asyncio.Event()
-        self._http: Any = None
+        self._http: Any = None  # conch.frontends.http.server.HTTPServer
         self._http_sockets: list[socket.socket] = []
-        self._http_loop_task: asyncio.Task[None] | None = None
         self._grpc: Any = None
         self._metrics: Any = None  # conch.metrics.Metrics
         self._metrics_http: Any = None
@@ -170,29 +169,15 @@ class Server:
         log.info("Started Metrics Service at %s:%d", address, opts.metrics.port)
 
     async def _start_http(self) -> None:
-        import uvicorn
-
         from conch.frontends.http import create_app
+        from conch.frontends.http.server import HTTPServer
 
         opts = self.options
         assert self.service is not None
         sock = _bind(opts.http_address, opts.http_port, "HTTP")
         self._http_sockets = [sock]
-        app = create_app(self.service, max_input_size=opts.http_max_input_size)
-        config = uvicorn.Config(
-            app,
-            lifespan="off",
-            log_config=None,
-            access_log=False,
-            timeout_graceful_shutdown=opts.exit_timeout_secs,
-            timeout_keep_alive=75,
-            h11_max_incomplete_event_size=1 << 20,
-        )
-        config.load()
-        self._http = uvicorn.Server(config)
-        self._http.lifespan = config.lifespan_class(config)
-        await self._http.startup(sockets=self._http_sockets)
-        self._http_loop_task = asyncio.create_task(self._http.main_loop())
+        self._http = HTTPServer(create_app(self.service, max_input_size=opts.http_max_input_size), keep_alive_s=75)
+        await self._http.start(self._http_sockets)
 
     def _print_model_table(self) -> None:
         assert self.models is not None
@@ -228,10 +213,9 @@ class Server:
             if not completed:
                 log.warning("Timeout %ds: %d in-flight requests not completed", timeout, self.service.inflight)
         if self._http is not None:
-            self._http.should_exit = True
-            if self._http_loop_task is not None:
-                await self._http_loop_task
-            await self._http.shutdown(sockets=self._http_sockets)
+            await self._http.shutdown(timeout=timeout)
+            for sock in self._http_sockets:
+                sock.close()
             self._http = None
         if self._grpc is not None:
             await self._grpc.stop(grace=1.0)

@@ -136,8 +136,13 @@ class InferenceService:
             model = self.models.get(request.model_name, request.model_version)
         stream = ResponseStream()
         request.stream = stream
-        model.submit(request)
-        self._track(stream)
+        self._track(stream)  # before submitting: a request the scheduler runs at once is answered in there
+        try:
+            model.submit(request)
+        except BaseException:
+            stream.on_done = None
+            self._untrack()
+            raise
         return stream
 
     async def infer(self, request: InferenceRequest, model: ModelVersion | None = None) -> InferenceResponse:

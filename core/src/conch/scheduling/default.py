@@ -26,6 +26,14 @@ class DefaultScheduler(Scheduler):
     def enqueue(self, request: InferenceRequest) -> None:
         if not self._workers:
             raise ConchError("model is not accepting requests", ErrorCode.UNAVAILABLE)
+        if self._queue.empty():
+            # Nothing waits ahead of it: an idle instance that runs fast batches on the event loop executes
+            # it right here, without the hop through the queue and a worker task.
+            batch = [request]
+            for runner in self.runners:
+                if runner.can_run_now(batch):
+                    runner.run_now(batch)
+                    return
         self._queue.put_nowait(request)
 
     async def start(self) -> None:

@@ -67,23 +67,72 @@ class InstanceRunner:
         ok = True
         try:
             if self._concatenate:
-                await self._run_concatenated(requests)
+                inputs, wanted = self._gather(requests)
+                infer_start = time.monotonic_ns()
+                outputs = await self._call(requests, self.instance.execute_batch, inputs, wanted)
+                self._split(requests, outputs, start, infer_start)
             else:
-                await self._run_requests(requests)
-        except ConchError as exc:
-            ok = False
-            for request in requests:
-                request.respond(InferenceResponse(error=exc))
+                begin = time.monotonic_ns()
+                responses = await self._call(requests, self.instance.execute, requests)
+                self._timing[1] = time.monotonic_ns() - begin
+                self._deliver(requests, responses)
         except Exception as exc:  # noqa: BLE001 - a backend failure fails its batch, never the server
             ok = False
-            log.exception("model instance '%s' failed to execute", self.name)
-            error = ConchError(str(exc) or type(exc).__name__, ErrorCode.INTERNAL)
-            for request in requests:
-                request.respond(InferenceResponse(error=error))
+            self._fail(requests, exc)
         finally:
             self.busy = False
         if record:
             self._record(requests, start, ok)
+
+    def can_run_now(self, requests: list[InferenceRequest]) -> bool:
+        """Whether :meth:`run_now` may execute ``requests``: an idle, synchronous instance whose recent
+        executions were fast enough to run on the event loop, and input small enough."""
+        recent = self._recent_ns
+        return (
+            not self.busy
+            and not self._is_async
+            and recent is not None
+            and recent < self._inline_max_ns
+            and self.instance is not None
+            and _input_bytes(requests) <= INLINE_MAX_INPUT_BYTES
+        )
+
+    def run_now(self, requests: list[InferenceRequest]) -> None:
+        """:meth:`run` without awaiting: the batch executes on the event loop before this returns.
+
+        Only for batches :meth:`can_run_now` accepted; the scheduler uses it to skip the hop through its
+        queue and worker task when an instance is idle.
+        """
+        assert self.instance is not None
+        self.busy = True
+        start = time.monotonic_ns()
+        self._timing = [0, 0, 0]
+        ok = True
+        try:
+            if self._concatenate:
+                inputs, wanted = self._gather(requests)
+                infer_start = time.monotonic_ns()
+                outputs = self._timed(self.instance.execute_batch, (inputs, wanted))
+                self._split(requests, outputs, start, infer_start)
+            else:
+                responses = self._timed(self.instance.execute, (requests,))
+                self._timing[1] = time.monotonic_ns() - start
+                self._deliver(requests, responses)
+        except Exception as exc:  # noqa: BLE001 - a backend failure fails its batch, never the server
+            ok = False
+            self._fail(requests, exc)
+        finally:
+            self.busy = False
+        self._record(requests, start, ok)
+
+    def _fail(self, requests: list[InferenceRequest], exc: Exception) -> None:
+        if isinstance(exc, ConchError):
+            error = exc
+        else:
+            log.exception("model instance '%s' failed to execute", self.name, exc_info=exc)
+            error = ConchError(str(exc) or type(exc).__name__, ErrorCode.INTERNAL)
+        for request in requests:
+            request.respond(InferenceResponse(error=error))
 
     def _record(self, requests: list[InferenceRequest], start: int, ok: bool) -> None:
         stats = self.stats
@@ -116,11 +165,8 @@ class InstanceRunner:
             recent = self._recent_ns
             self._recent_ns = took if recent is None else 0.8 * recent + 0.2 * took
 
-    async def _run_requests(self, requests: list[InferenceRequest]) -> None:
-        assert self.instance is not None
-        begin = time.monotonic_ns()
-        responses = await self._call(requests, self.instance.execute, requests)
-        self._timing[1] = time.monotonic_ns() - begin
+    def _deliver(self, requests: list[InferenceRequest], responses: object) -> None:
+        """Hand each request its response from ``execute`` (None: the backend responded itself)."""
         if responses is None:
             return  # the backend responds through request.respond (decoupled)
         if not isinstance(responses, list) or len(responses) != len(requests):
@@ -132,21 +178,22 @@ class InstanceRunner:
         for request, response in zip(requests, responses, strict=False):
             request.respond(response)
 
-    async def _run_concatenated(self, requests: list[InferenceRequest]) -> None:
-        assert self.instance is not None
-        begin = time.monotonic_ns()
+    def _gather(self, requests: list[InferenceRequest]) -> tuple[dict[str, np.ndarray], list[str]]:
+        """The batch's inputs (concatenated along the batch dimension) and the outputs any request wants."""
         if len(requests) == 1:
             inputs = _arrays(requests[0])
-        else:
-            names = requests[0].inputs.keys()
-            inputs = {name: np.concatenate([r.input_array(name) for r in requests], axis=0) for name in names}
+            return inputs, requests[0].requested_output_names()
+        names = requests[0].inputs.keys()
+        inputs = {name: np.concatenate([r.input_array(name) for r in requests], axis=0) for name in names}
         wanted: list[str] = []
         for request in requests:
             for name in request.requested_output_names():
                 if name not in wanted:
                     wanted.append(name)
-        infer_start = time.monotonic_ns()
-        outputs = await self._call(requests, self.instance.execute_batch, inputs, wanted)
+        return inputs, wanted
+
+    def _split(self, requests: list[InferenceRequest], outputs: object, begin: int, infer_start: int) -> None:
+        """Each request's rows of the batch's outputs, as its response; records the compute timing."""
         infer_end = time.monotonic_ns()
         if not isinstance(outputs, dict):
             raise ConchError(

@@ -1,9 +1,10 @@
 """The worker process: one model instance, driven by the server over a socket and shared memory.
 
-Run as ``python -m conch_python.worker <socket fd>``. A reader thread receives every message: it
-answers health pings at once, routes replies (cancellation, BLS, model control) to the threads
-waiting for them, and queues executions for the main thread, which runs the model. When the server
-goes away the worker exits.
+Run as ``python -m conch_python.worker <socket fd>``. The main thread runs the model; it reads the
+socket itself while it waits for work, and a helper thread reads while it executes and someone needs
+the server's answers (see :mod:`conch_python.reading`). Whoever reads answers health pings at once and
+routes replies (cancellation, BLS, model control) to the threads waiting for them. When the server goes
+away the worker exits.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import triton_python_backend_utils as pb_utils
 from conch_python.custom_metrics import WorkerMetrics
 from conch_python.loader import ModelSource
 from conch_python.modelcall import LoadedModel, check_responses, error_code, error_text
+from conch_python.reading import NOT_WORK, Inbox
 from conch_python.shm import Ring, open_region
 from conch_python.wire import Channel, ChannelClosed, put_tensors, take_tensors
 
@@ -75,10 +77,10 @@ class WorkerRuntime:
         self.prefix = prefix
         self.decoupled = decoupled
         self.model: LoadedModel | None = None
-        self.executions: queue.SimpleQueue[tuple[int, list[Any]] | None] = queue.SimpleQueue()
         self._tokens = itertools.count(1)
         self._waiting: dict[int, Any] = {}
         self.metrics = WorkerMetrics(channel.send, self._ask, instance)  # pb_utils.MetricFamily
+        self.inbox = Inbox(channel, self._take, self._waiting)
 
     # -- sending ---------------------------------------------------------------------------------
 
@@ -101,6 +103,7 @@ class WorkerRuntime:
         slot = _Slot()
         self._waiting[token] = slot
         self.channel.send(build(token))
+        self.inbox.need_reader()
         slot.event.wait()
         return slot.value
 
@@ -127,6 +130,7 @@ class WorkerRuntime:
         replies: queue.Queue[tuple[Any, bool]] = queue.Queue()
         self._waiting[token] = replies
         self.send_with_tensors(lambda: self._bls_message(token, request, decoupled))
+        self.inbox.need_reader()
         if not decoupled:
             response, _ = replies.get()
             return response
@@ -144,12 +148,14 @@ class WorkerRuntime:
             replies: queue.Queue[tuple[Any, bool]] = queue.Queue()
             self._waiting[token] = replies
             self.send_with_tensors(lambda: self._bls_message(token, request, True))
+            self.inbox.need_reader()
             future: asyncio.Future[Any] = loop.create_future()
             future.set_result(pb_utils._ResponseIterator(replies.get, lambda: self.channel.send(("bls_cancel", token))))
             return future
         future = loop.create_future()
         self._waiting[token] = (loop, future)
         self.send_with_tensors(lambda: self._bls_message(token, request, False))
+        self.inbox.need_reader()
         return future
 
     def _rpc(self, op: str, *args: Any) -> Any:
@@ -170,21 +176,28 @@ class WorkerRuntime:
     # -- receiving -------------------------------------------------------------------------------
 
     def read_forever(self) -> None:
-        """The reader thread: dispatch every message; exit the process when the server is gone."""
+        """The helper thread: read while the main thread cannot; exit the process when the server is gone."""
         try:
-            while True:
-                self._dispatch(self.channel.recv())
+            self.inbox.help_forever()
         except ChannelClosed:
             pass
         except BaseException:  # noqa: BLE001 - a broken reader must not leave a silent worker behind
             log.exception("worker reader failed")
         os._exit(0)
 
-    def _dispatch(self, message: tuple[Any, ...]) -> None:
+    def _take(self, message: tuple[Any, ...]) -> Any:
+        """Work for the main thread (an execution; None: finalize), or NOT_WORK once dispatched."""
         kind = message[0]
         if kind == "exec":
-            self.executions.put((message[1], [self._request(r) for r in message[2]]))
-        elif kind == "ping":
+            return (message[1], [self._request(r) for r in message[2]])
+        if kind == "fin":
+            return None
+        self._dispatch(message)
+        return NOT_WORK
+
+    def _dispatch(self, message: tuple[Any, ...]) -> None:
+        kind = message[0]
+        if kind == "ping":
             self.channel.send(("pong", message[1]))
         elif kind == "ready?":
             threading.Thread(target=self._answer_ready, args=(message[1],), daemon=True).start()
@@ -195,8 +208,6 @@ class WorkerRuntime:
                 slot.event.set()
         elif kind == "bls_resp":
             self._bls_reply(message[1], message[2], message[3])
-        elif kind == "fin":
-            self.executions.put(None)
 
     def _bls_reply(self, token: int, desc: Any, final: bool) -> None:
         waiter = self._waiting.get(token)
@@ -241,7 +252,13 @@ class WorkerRuntime:
         """The main thread: run batches until told to finalize."""
         assert self.model is not None
         while True:
-            item = self.executions.get()
+            try:
+                item = self.inbox.next_work()
+            except ChannelClosed:
+                os._exit(0)
+            except BaseException:  # noqa: BLE001 - a broken reader must not leave a silent worker behind
+                log.exception("worker reader failed")
+                os._exit(0)
             if item is None:
                 break
             batch, requests = item
@@ -251,6 +268,8 @@ class WorkerRuntime:
                 failure = (error_text(exc), error_code(exc))
                 self.channel.send(("done", batch, None, failure))
                 continue
+            finally:
+                self.inbox.done()
             if result is None:
                 self.channel.send(("done", batch, None, None))
             else:

@@ -318,27 +318,35 @@ def decode_request(wire: WireInferRequest, version: int) -> tuple[InferenceReque
     message = wire.message
     model_name = message.model_name
     request = InferenceRequest(model_name=model_name, model_version=version, id=message.id)
-    request.parameters, empty_final = _request_parameters(message)
+    if message.parameters:
+        request.parameters, empty_final = _request_parameters(message)
+    else:
+        empty_final = False
 
-    for tensor in message.inputs:
-        datatype = tensor.datatype if tensor.datatype in tensors.BY_NAME else _INVALID_DATATYPE
+    inputs = message.inputs
+    outputs = message.outputs
+    for tensor in inputs:
+        datatype = tensor.datatype
+        params = tensor.parameters
         request.add_input(
             InferInput(
                 name=tensor.name,
-                datatype=datatype,
+                datatype=datatype if datatype in tensors.BY_NAME else _INVALID_DATATYPE,
                 shape=list(tensor.shape),
-                parameters={key: _value(p) for key, p in tensor.parameters.items()},
+                parameters={key: _value(p) for key, p in params.items()} if params else {},
             )
         )
-    for output in message.outputs:
+    for output in outputs:
+        params = output.parameters
         request.add_output(
-            RequestedOutput(output.name, parameters={key: _value(p) for key, p in output.parameters.items()})
+            RequestedOutput(output.name, parameters={key: _value(p) for key, p in params.items()} if params else {})
         )
 
     raw = wire.raw
     index = 0
-    for tensor in message.inputs:
-        _check_shared_memory(tensor)
+    for tensor in inputs:
+        if tensor.parameters:
+            _check_shared_memory(tensor)
         target = request.inputs[tensor.name]
         if tensor.HasField("contents"):
             if raw:
@@ -358,16 +366,22 @@ def decode_request(wire: WireInferRequest, version: int) -> tuple[InferenceReque
             raise _invalid(f"unable to find data for input tensor '{tensor.name}' for model '{model_name}' in request.")
     # Raw entries beyond the inputs are ignored, as Triton 2.51 does.
 
-    for output in message.outputs:
-        _check_shared_memory(output)
-        _check_classification(output)
+    for output in outputs:
+        if output.parameters:
+            _check_shared_memory(output)
+            _check_classification(output)
     return request, empty_final
 
 
 # -- response -----------------------------------------------------------------------------------
 
 
+_SMALL_VARINTS = [bytes([n]) for n in range(0x80)]
+
+
 def _varint(value: int) -> bytes:
+    if value < 0x80:
+        return _SMALL_VARINTS[value]
     out = bytearray()
     while value > 0x7F:
         out.append((value & 0x7F) | 0x80)
@@ -427,8 +441,9 @@ def encode_response(
         model_version=response.model_version or model_version,
         id=response.id or request_id,
     )
-    for key, value in response.parameters.items():
-        set_parameter(header.parameters[key], key, value)
+    if response.parameters:
+        for key, value in response.parameters.items():
+            set_parameter(header.parameters[key], key, value)
     if final is not None:
         header.parameters[FINAL_RESPONSE_KEY].bool_param = final
     raws: list[bytes | memoryview] = []

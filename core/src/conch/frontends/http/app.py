@@ -19,12 +19,11 @@ import re
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from starlette.datastructures import Headers
-from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
 from conch.errors import ConchError, ErrorCode
 from conch.frontends.http import codec, compression, jsonio
+from conch.frontends.http.responses import Headers, Response, request_headers
 from conch.inference import InferenceResponse, ResponseStream
 
 if TYPE_CHECKING:
@@ -36,6 +35,7 @@ JSON = "application/json"
 TEXT = "text/plain"
 OCTET_STREAM = "application/octet-stream"
 _INT64_MAX = (1 << 63) - 1
+_HEADER_LENGTH = codec.HEADER_LENGTH_HEADER.lower()  # request headers are looked up by lower-case name
 
 # Triton's route expressions (http_server.cc), matched against the whole raw path.
 _MODEL = re.compile(
@@ -114,7 +114,7 @@ class HTTPApp:
             await _lifespan(receive, send)
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
-        headers = Headers(scope=scope)
+        headers = request_headers(scope)
         try:
             response = await self._route(scope, receive, headers)
         except _Reply as reply:
@@ -213,7 +213,7 @@ class HTTPApp:
             body = await self._read_body(receive, headers)
             if encoding != compression.IDENTITY:
                 body = compression.decompress(body, self.max_input_size)
-            header_length = codec.parse_header_length(headers.get(codec.HEADER_LENGTH_HEADER), len(body))
+            header_length = codec.parse_header_length(headers.get(_HEADER_LENGTH), len(body))
         except ConchError as exc:
             raise _Reply.plain(exc) from None
         # Parsing and validation errors are JSON.
@@ -335,6 +335,8 @@ class HTTPApp:
 
 async def _response_or_disconnect(stream: ResponseStream, receive: Receive) -> InferenceResponse:
     """The request's response; a client that hangs up first cancels the request, as in Triton."""
+    if stream.ready():  # executed already: nothing to watch for
+        return await stream.next()
     hangup = asyncio.get_running_loop().create_task(_disconnected(receive))
 
     def on_hangup(task: asyncio.Task[bool]) -> None:

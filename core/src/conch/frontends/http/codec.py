@@ -263,6 +263,9 @@ def _decode_input(
     item: Any, request: InferenceRequest, body: memoryview, offset: int, header_length: int, model_name: str
 ) -> int:
     """Add one input to ``request``; returns the offset of the next binary blob."""
+    fast = _binary_input(item, request, body, offset) if header_length else None
+    if fast is not None:
+        return fast
     _, has_binary, has_shm = _content_kind(item)
     name = _member_str(item, "name")
     datatype = _member_str(item, "datatype")
@@ -306,8 +309,48 @@ def _decode_input(
     return offset
 
 
+def _binary_input(item: Any, request: InferenceRequest, body: memoryview, offset: int) -> int | None:
+    """The common input, quickly: well-formed, a known datatype, its bytes in the binary part.
+
+    Returns the next offset, or None (nothing changed) for anything else, which the checked path
+    decodes with Triton's errors.
+    """
+    if type(item) is not dict or "data" in item:
+        return None
+    params = item.get("parameters")
+    if type(params) is not dict or "shared_memory_region" in params:
+        return None
+    size = params.get("binary_data_size")
+    name = item.get("name")
+    datatype = item.get("datatype")
+    shape = item.get("shape")
+    if type(size) is not int or type(name) is not str or type(shape) is not list or name in request.inputs:
+        return None
+    dt = tensors.BY_NAME.get(datatype) if type(datatype) is str else None
+    end = offset + size
+    if dt is None or size <= 0 or end > len(body):
+        return None
+    for dim in shape:
+        if type(dim) is not int or dim < 0 or dim >= _UINT64_LIMIT:
+            return None
+    request.inputs[name] = InferInput(name=name, datatype=dt.name, shape=list(shape), data=body[offset:end])
+    return end
+
+
 def _decode_output(item: Any, decoded: DecodedRequest) -> None:
     params = _params(item)
+    name = item.get("name") if type(item) is dict else None
+    binary = params.get("binary_data", False)
+    if (
+        type(name) is str
+        and type(binary) is bool
+        and "shared_memory_region" not in params
+        and "classification" not in params
+        and name not in decoded.output_options
+    ):  # the common output, quickly; anything else goes the checked way
+        decoded.request.outputs.append(RequestedOutput(name))
+        decoded.output_options[name] = OutputOptions(binary=binary)
+        return
     if "shared_memory_region" in params:
         if "classification" in params:
             raise _invalid("Output can't set both 'shared_memory_region' and 'classification'")
