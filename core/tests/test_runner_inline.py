@@ -82,3 +82,19 @@ def test_bad_threshold_is_a_clear_error() -> None:
 
     with pytest.raises(ConchError, match="parameter 'inline_max_us' must be a non-negative integer, got 'soon'"):
         _runner(delay=0, inline_us="soon")
+
+
+async def test_one_slow_execution_does_not_keep_a_fast_model_off_the_loop() -> None:
+    runner = _runner(delay=0)
+    await runner.create()
+    instance = runner.instance
+    assert isinstance(instance, ThreadRecorder)
+    for _ in range(3):
+        await _run(runner)
+    instance.delay = 0.005  # preempted, say: once
+    await _run(runner)
+    instance.delay = 0
+    for _ in range(3):
+        await _run(runner)
+    assert instance.threads[-1] == threading.current_thread().name
+    await runner.unload()

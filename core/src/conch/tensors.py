@@ -63,10 +63,20 @@ def config_to_protocol(config_number: int) -> str:
     return row.name if row else "INVALID"
 
 
+_PROTOCOL_BY_DTYPE: dict[np.dtype[Any], str] = {}
+
+
 def numpy_to_protocol(dtype: np.dtype[Any]) -> str:
     """The protocol datatype for a numpy dtype (object and bytes_ map to BYTES)."""
     if dtype.kind in ("O", "S", "U"):
         return "BYTES"
+    name = _PROTOCOL_BY_DTYPE.get(dtype)
+    if name is None:  # numeric dtypes are few: remember each answer
+        name = _PROTOCOL_BY_DTYPE[dtype] = _protocol_name(dtype)
+    return name
+
+
+def _protocol_name(dtype: np.dtype[Any]) -> str:
     if dtype == np.bool_:
         return "BOOL"
     for row in _ROWS:

@@ -7,7 +7,6 @@ import threading
 import time
 from typing import Any
 
-from conch_python import reading
 from conch_python.reading import NOT_WORK, Inbox
 
 
@@ -44,6 +43,11 @@ def make_inbox() -> tuple[Inbox, FakeChannel, dict[int, Any], list[tuple[Any, ..
     return inbox, channel, pending, dispatched
 
 
+def later(channel: FakeChannel, message: tuple[Any, ...]) -> None:
+    """Feed ``message`` a little later, once the main thread waits for work."""
+    threading.Timer(0.05, channel.incoming.put, args=(message,)).start()
+
+
 def wait_for(condition: Any, timeout: float = 5.0) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
@@ -76,11 +80,11 @@ def test_answers_needed_during_an_execution_are_read_by_the_helper_then_reading_
     assert channel.readers[-1] == ("reply", "helper")
     inbox.done()
     # The helper still reads; the next execution comes through it, with the reading role.
-    channel.incoming.put(("exec", 2))
+    later(channel, ("exec", 2))
     assert inbox.next_work() == 2
     inbox.done()
     assert channel.readers[-1] == ("exec", "helper")
-    channel.incoming.put(("exec", 3))
+    later(channel, ("exec", 3))
     assert inbox.next_work() == 3
     assert channel.readers[-1] == ("exec", "MainThread")
     assert dispatched == [("reply", 7)]
@@ -91,7 +95,7 @@ def test_a_long_execution_still_has_its_pings_read() -> None:
     channel.incoming.put(("exec", 1))
     assert inbox.next_work() == 1
     channel.incoming.put(("ping",))  # nobody asked for a reader: the helper notices the long execution
-    wait_for(lambda: dispatched == [("ping",)], timeout=20 * reading.WATCH_S)
+    wait_for(lambda: dispatched == [("ping",)])
     assert channel.readers[-1] == ("ping", "helper")
     # Work the helper reads while the main thread is still busy waits in the queue, in order.
     channel.incoming.put(("exec", 2))
@@ -111,14 +115,14 @@ def test_answers_still_due_keep_the_helper_reading() -> None:
     channel.incoming.put(("exec", 1))
     assert inbox.next_work() == 1
     inbox.done()
-    channel.incoming.put(("exec", 2))
+    later(channel, ("exec", 2))
     assert inbox.next_work() == 2
     inbox.done()
     assert [name for _, name in channel.readers] == ["helper", "helper"]
     pending.clear()
-    channel.incoming.put(("exec", 3))
+    later(channel, ("exec", 3))
     assert inbox.next_work() == 3  # handed over now that nothing is due
     inbox.done()
-    channel.incoming.put(("exec", 4))
+    later(channel, ("exec", 4))
     assert inbox.next_work() == 4
     assert channel.readers[-1] == ("exec", "MainThread")

@@ -68,19 +68,21 @@ class OutputChecker:
 
     def _problem(self, name: str, datatype: str, array: np.ndarray) -> str:
         spec = self.outputs.get(name)
-        where = f"output '{name}' of model '{self.model}' (instance '{self.instance}')"
         if spec is None:
-            return f"{where} is not in the model configuration"
+            return f"{self._where(name)} is not in the model configuration"
         want_type, dims = spec
         if datatype != want_type:
-            return f"{where} has datatype {datatype}, but the model configuration says {want_type}"
+            return f"{self._where(name)} has datatype {datatype}, but the model configuration says {want_type}"
         if dims is None:
             return ""
-        shape = tuple(array.shape)
+        shape = array.shape
         expected = ((-1,) if self.batched else ()) + dims
         if len(shape) != len(expected) or any(e != -1 and e != s for e, s in zip(expected, shape, strict=False)):
             return (
-                f"{where} has shape {list(shape)}, but the model configuration expects {list(expected)}"
+                f"{self._where(name)} has shape {list(shape)}, but the model configuration expects {list(expected)}"
                 + (" (batch dimension first)" if self.batched else "")
             )
         return ""
+
+    def _where(self, name: str) -> str:
+        return f"output '{name}' of model '{self.model}' (instance '{self.instance}')"

@@ -37,6 +37,9 @@ from conch_python.wire import Channel, ChannelClosed, frames, put_tensors, take_
 log = logging.getLogger("conch.python")
 
 DEFAULT_RING_BYTES = 4 << 20
+#: Bytes asked of the worker's socket per read: messages are small (tensors travel in shared memory),
+#: and a much larger request costs a large allocation per read (measured: 8.4 us against 0.9 us).
+_RECV_BYTES = 1 << 16
 
 
 def _int_setting(settings: dict[str, str], key: str, default: float) -> float:
@@ -291,7 +294,7 @@ class WorkerInstance(ModelInstance):
 
         def readable() -> None:
             try:
-                data = sock.recv(1 << 18)
+                data = sock.recv(_RECV_BYTES)
             except OSError:
                 data = b""
             if not data:
