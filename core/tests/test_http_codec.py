@@ -747,3 +747,31 @@ def test_compress_round_trip_over_parts() -> None:
     expected = b"header" + np.arange(100, dtype=np.float32).tobytes()
     assert gzip.decompress(compression.compress(parts, "gzip")) == expected
     assert zlib.decompress(compression.compress(parts, "deflate")) == expected
+
+
+@pytest.mark.parametrize(
+    "request_id",
+    ["", "r1", "caf\u00e9", "bad\udcff"],  # the last holds a byte that is not UTF-8 (kept via surrogateescape)
+)
+def test_binary_responses_take_a_fast_path_with_the_same_bytes(
+    request_id: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    header = json.dumps({
+        "id": request_id,
+        "inputs": [],
+        "outputs": [{"name": n, "parameters": {"binary_data": True}} for n in ("A", "B", "C")],
+    }, ensure_ascii=False).encode("utf-8", "surrogateescape")  # fmt: skip
+    decoded = codec.decode_infer_request(header, len(header), "m", 3)
+    decoded.request.version_label = "3"
+    strings = np.empty(2, dtype=object)
+    strings[:] = [b"x", b"\xff"]
+    response = InferenceResponse(outputs=[
+        Tensor("A", "FP32", np.arange(4, dtype=np.float32).reshape(2, 2)),
+        Tensor("B", "BYTES", strings),
+        Tensor("C", "INT8", np.zeros((0, 3), np.int8)),
+    ])  # fmt: skip
+    fast = codec.encode_infer_response(response, decoded)
+    monkeypatch.setattr(codec, "_binary_response", lambda *_: None)
+    general = codec.encode_infer_response(response, decoded)
+    assert fast.header == general.header and fast.body() == general.body()
+    assert json.loads(fast.header.decode("utf-8", "surrogateescape"))["outputs"][2]["shape"] == [0, 3]

@@ -563,6 +563,9 @@ def encode_infer_response(
     ``batching`` says whether the model's first dimension is the batch (``max_batch_size > 0``), which
     classification needs; ``labels`` gives an output's class labels, if any.
     """
+    fast = _binary_response(response, decoded)
+    if fast is not None:
+        return fast
     request = decoded.request
     parts = [b"{"]
     request_id = response.id or request.id
@@ -609,6 +612,48 @@ def encode_infer_response(
         parts.append(encoded)
     parts.append(b"]}")
     return EncodedResponse(b"".join(parts), blobs)
+
+
+def _binary_response(response: InferenceResponse, decoded: DecodedRequest) -> EncodedResponse | None:
+    """The common response quickly: every output in binary, no classification, no parameters.
+
+    The header is one JSON document written at once, the same bytes the general path writes piece by
+    piece; None for anything else (which the general path answers, errors included).
+    """
+    if response.parameters:
+        return None
+    options = decoded.output_options
+    heads: list[dict[str, Any]] = []
+    blobs: list[bytes | memoryview] = []
+    for tensor in response.outputs:
+        option = options.get(tensor.name)
+        if (option.binary and not option.classification) if option is not None else decoded.binary_default:
+            dt = tensors.BY_NAME.get(tensor.datatype)
+            if dt is not None:
+                array = tensor.data
+                raw = _raw(dt, array)
+                heads.append({
+                    "name": tensor.name,
+                    "datatype": tensor.datatype,
+                    "shape": [int(d) for d in array.shape],
+                    "parameters": {"binary_data_size": len(raw)},
+                })  # fmt: skip
+                if len(raw):
+                    blobs.append(raw)
+                continue
+        return None
+    request = decoded.request
+    document: dict[str, Any] = {}
+    request_id = response.id or request.id
+    if request_id:
+        document["id"] = request_id
+    document["model_name"] = response.model_name or request.model_name
+    document["model_version"] = response.model_version or request.version_label or str(request.model_version)
+    document["outputs"] = heads
+    try:
+        return EncodedResponse(jsonio.dumps_fast(document), blobs)
+    except TypeError:  # text orjson refuses (bytes that are not UTF-8): the general path writes it
+        return None
 
 
 def _raw(dt: tensors.DataType, array: np.ndarray) -> bytes | memoryview:

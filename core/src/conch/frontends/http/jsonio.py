@@ -60,6 +60,11 @@ def dumps(value: Any) -> bytes:
         return dumps_slow(value)
 
 
+def dumps_fast(value: Any) -> bytes:
+    """:func:`dumps` without the fallback: raises TypeError where orjson cannot write ``value``."""
+    return orjson.dumps(value, option=_DUMPS_OPTIONS)
+
+
 def dumps_slow(value: Any) -> bytes:
     """The standard library's encoder: ``NaN``/``Infinity`` as RapidJSON writes them, raw bytes kept."""
     text = json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=_default)
