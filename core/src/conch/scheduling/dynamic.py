@@ -102,11 +102,14 @@ class DynamicBatcher(Scheduler):
             raise ConchError("model is not accepting requests", ErrorCode.UNAVAILABLE)
         now = time.monotonic_ns()
         try:
-            self.queue.push(request, max(request.batch_size, 1), self._shape_key(request), now)
+            entry = self.queue.push(request, max(request.batch_size, 1), self._shape_key(request), now)
         except ConchError:
             self.stats.record_failure("REJECTED", now - request.arrival_ns)
             raise
-        self._wake.set()
+        # With every instance busy there is nothing to launch: the batch forms when one frees (it wakes
+        # the dispatcher). Only timeouts and priority aging need a look at the queue sooner.
+        if self._free or entry.deadline_ns or self.queue.level_count:
+            self._wake.set()
 
     # -- the dispatcher -----------------------------------------------------------------------
 
