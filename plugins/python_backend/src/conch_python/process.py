@@ -37,6 +37,8 @@ from conch_python.wire import Channel, ChannelClosed, frames, put_tensors, take_
 log = logging.getLogger("conch.python")
 
 DEFAULT_RING_BYTES = 4 << 20
+#: How long (µs) the event loop keeps turning, instead of sleeping, while a worker's answer is due.
+DEFAULT_SPIN_MICROSECONDS = 300
 #: Bytes asked of the worker's socket per read: messages are small (tensors travel in shared memory),
 #: and a much larger request costs a large allocation per read (measured: 8.4 us against 0.9 us).
 _RECV_BYTES = 1 << 16
@@ -95,6 +97,7 @@ class WorkerInstance(ModelInstance):
         self.ring_bytes = int(_int_setting(settings, "shm-default-byte-size", DEFAULT_RING_BYTES))
         self.ring_bytes = max(self.ring_bytes, 64 << 10)
         self.stub_timeout = _int_setting(settings, "stub-timeout-seconds", 30)
+        self.spin_s = max(_int_setting(settings, "spin-microseconds", DEFAULT_SPIN_MICROSECONDS), 0) / 1e6
         self.ping_interval = min(_int_setting(settings, "health-ping-seconds", 5), max(self.stub_timeout / 2, 0.1))
         source = locate(model.version_dir, config.default_model_filename, config.backend, config.runtime, settings)
         args = initialize_args(
@@ -250,6 +253,8 @@ class WorkerInstance(ModelInstance):
             raise ConchError(
                 f"Python model instance '{self.name}' is not ready: its worker process stopped", ErrorCode.UNAVAILABLE
             ) from None
+        if self.spin_s:
+            await _spin_until(future, self.spin_s)
         return await future
 
     def _describe(self, worker: Worker, key: int, request: InferenceRequest) -> tuple[Any, ...]:
@@ -531,6 +536,20 @@ class WorkerInstance(ModelInstance):
         task = asyncio.get_running_loop().create_task(run())
         self._bls[-token] = task
         task.add_done_callback(lambda _t: self._bls.pop(-token, None))
+
+
+async def _spin_until(future: asyncio.Future[Any], seconds: float) -> None:
+    """Keep the event loop turning, for at most ``seconds``, until ``future`` is done.
+
+    Each turn polls for I/O without blocking and runs what is ready, other requests included, so the
+    worker's answer is read as soon as it arrives: no sleep in epoll and no wake-up of this thread,
+    which on two shared cores cost more than the turns (side by side, Python add_sub over HTTP:
+    2,534 -> 2,908 infer/s at concurrency 1, 4,981 -> 5,809 at 16; gRPC 1,434 -> 1,569 and
+    2,738 -> 3,151).
+    """
+    end = time.perf_counter() + seconds
+    while not future.done() and time.perf_counter() < end:
+        await asyncio.sleep(0)
 
 
 def _set_result(future: asyncio.Future[Any] | None, value: Any) -> None:
