@@ -289,7 +289,7 @@ class ModelManager:
             location, folder = await asyncio.to_thread(self._locate, entry, overrides)
             model_dir = location.path
             entry.fingerprint = await asyncio.to_thread(fingerprint, model_dir)
-            override = overrides.config(name)
+            override = overrides.config()
             config, backend = await asyncio.to_thread(
                 load_model_config,
                 model_dir,
@@ -406,7 +406,7 @@ class ModelManager:
         """The repository API's load: raises Triton's errors when the mode forbids it or the load fails."""
         self._check_api_allowed()
         try:
-            overrides = parse_load_parameters(name, parameters)
+            overrides = parse_load_parameters(parameters)
         except ConchError as exc:
             raise ConchError(f"failed to load '{name}', {exc.message}", ErrorCode.INVALID_ARG) from None
         failure = await self.load(name, overrides)

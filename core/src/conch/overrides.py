@@ -39,7 +39,7 @@ class LoadOverrides:
         """Equal for two requests that ask for exactly the same load."""
         return (self.config_json, tuple(sorted(self.files.items())))
 
-    def config(self, model: str) -> ModelConfig | None:
+    def config(self) -> ModelConfig | None:
         """The override config, parsed as protobuf JSON (int64 may be strings, as in Triton)."""
         if self.config_json is None:
             return None
@@ -53,7 +53,7 @@ class LoadOverrides:
         return config
 
 
-def parse_load_parameters(model: str, parameters: dict[str, Any]) -> LoadOverrides:
+def parse_load_parameters(parameters: dict[str, Any]) -> LoadOverrides:
     """Check the load parameters (as the frontends decoded them) and collect the overrides."""
     overrides = LoadOverrides()
     for key, value in parameters.items():
@@ -73,7 +73,7 @@ def parse_load_parameters(model: str, parameters: dict[str, Any]) -> LoadOverrid
             ErrorCode.INVALID_ARG,
         )
     for path in overrides.files:
-        _checked_relative(model, path)
+        _checked_relative(path)
     return overrides
 
 
@@ -86,10 +86,10 @@ class OverrideFolder:
         self.path.mkdir()
         try:
             for relative, content in files.items():
-                target = self.path.joinpath(*_checked_relative(model, relative).parts)
+                target = self.path.joinpath(*_checked_relative(relative).parts)
                 target.parent.mkdir(parents=True, exist_ok=True)
                 if not target.resolve().is_relative_to(self.path.resolve()):
-                    raise ConchError(_escape_message(model, relative), ErrorCode.INVALID_ARG)
+                    raise ConchError(_escape_message(relative), ErrorCode.INVALID_ARG)
                 target.write_bytes(content)
         except OSError as exc:
             self.remove()
@@ -105,30 +105,30 @@ class OverrideFolder:
         shutil.rmtree(self.root, ignore_errors=True)
 
 
-def _checked_relative(model: str, relative: str) -> PurePosixPath:
+def _checked_relative(relative: str) -> PurePosixPath:
     """``relative`` as a path inside the model folder; absolute paths and ``..`` that escape are refused."""
     if not relative or "\x00" in relative or "\\" in relative:
-        raise ConchError(_escape_message(model, relative), ErrorCode.INVALID_ARG)
+        raise ConchError(_escape_message(relative), ErrorCode.INVALID_ARG)
     path = PurePosixPath(relative)
     if path.is_absolute():
-        raise ConchError(_escape_message(model, relative), ErrorCode.INVALID_ARG)
+        raise ConchError(_escape_message(relative), ErrorCode.INVALID_ARG)
     depth = 0
     parts: list[str] = []
     for part in path.parts:
         if part == "..":
             depth -= 1
             if depth < 0:
-                raise ConchError(_escape_message(model, relative), ErrorCode.INVALID_ARG)
+                raise ConchError(_escape_message(relative), ErrorCode.INVALID_ARG)
             parts.pop()
         elif part != ".":
             depth += 1
             parts.append(part)
     if not parts:
-        raise ConchError(_escape_message(model, relative), ErrorCode.INVALID_ARG)
+        raise ConchError(_escape_message(relative), ErrorCode.INVALID_ARG)
     return PurePosixPath(*parts)
 
 
-def _escape_message(model: str, relative: str) -> str:
+def _escape_message(relative: str) -> str:
     return (
         f"Invalid file parameter '{FILE_PREFIX}{relative}': the path must be relative "
         "and stay within the model directory (e.g. 'file:1/model.onnx')"
