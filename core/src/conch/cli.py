@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -73,6 +74,10 @@ def _serve_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     _add_bool(p, "--allow-grpc", True, "serve gRPC")
     p.add_argument("--grpc-port", type=int, default=8001)
     p.add_argument("--grpc-address", default="0.0.0.0")
+    p.add_argument("--grpc-transport", choices=["conch", "grpcio"],
+                   default=os.environ.get("CONCH_GRPC_TRANSPORT", "conch"),
+                   help="gRPC over Conch's own HTTP/2 transport (default) or grpcio's asyncio server "
+                        "(default from CONCH_GRPC_TRANSPORT)")
     _add_bool(p, "--allow-metrics", True, "serve Prometheus metrics on the metrics port")
     _add_bool(p, "--allow-gpu-metrics", True, "GPU metrics through NVML (nvidia-ml-py), where present")
     _add_bool(p, "--allow-cpu-metrics", True, "CPU utilisation and memory metrics")
@@ -182,6 +187,7 @@ def _serve_options(ns: argparse.Namespace) -> ServerOptions:
         allow_grpc=ns.allow_grpc,
         grpc_address=ns.grpc_address,
         grpc_port=ns.grpc_port,
+        grpc_transport=ns.grpc_transport,
         exit_on_error=ns.exit_on_error,
         strict_readiness=ns.strict_readiness,
         exit_timeout_secs=ns.exit_timeout_secs,

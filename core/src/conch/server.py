@@ -34,6 +34,7 @@ class ServerOptions:
     allow_grpc: bool = True
     grpc_address: str = "0.0.0.0"
     grpc_port: int = 8001
+    grpc_transport: str = "conch"
     exit_on_error: bool = True
     strict_readiness: bool = True
     exit_timeout_secs: int = 30
@@ -137,7 +138,9 @@ class Server:
             from conch.frontends.grpc.server import start_grpc_server
 
             try:
-                self._grpc = await start_grpc_server(self.service, opts.grpc_address, opts.grpc_port)
+                self._grpc = await start_grpc_server(
+                    self.service, opts.grpc_address, opts.grpc_port, transport=opts.grpc_transport
+                )
             except OSError as exc:
                 raise StartupError(f"failed to start GRPC service: Unavailable - {exc}") from None
             log.info("Started GRPCInferenceService at %s:%d", opts.grpc_address, opts.grpc_port)

@@ -11,17 +11,21 @@ from typing import TYPE_CHECKING, Any
 import grpc
 from google.protobuf import descriptor_pool
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
+from grpc_reflection.v1alpha._async import ReflectionServicer as AsyncReflectionServicer
 
 from conch._proto import POOL
 from conch.frontends.grpc.codec import MAX_MESSAGE_SIZE
 from conch.frontends.grpc.servicer import SERVICE_NAME, GRPCInferenceServicer, rpc_method_handlers
+from conch.frontends.grpc.transport import H2GrpcServer
 
 if TYPE_CHECKING:
     from conch.service import InferenceService
 
 log = logging.getLogger(__name__)
 
+#: The gRPC transports ``start_grpc_server`` offers (``--grpc-transport``).
+TRANSPORTS = ("conch", "grpcio")
 HEALTH_SERVICE_NAME = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 
 
@@ -104,6 +108,48 @@ class _Pools:
         return self._first("FindAllExtensions", message)
 
 
+def _register(
+    server: Any, service: InferenceService, health: bool, health_poll_interval: float, reflection_enabled: bool
+) -> None:
+    """The inference service, health and reflection on ``server`` (either transport)."""
+    handlers = rpc_method_handlers(GRPCInferenceServicer(service))
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
+    server.add_registered_method_handlers(SERVICE_NAME, handlers)
+    names = [SERVICE_NAME]
+    if health:
+        health_pb2_grpc.add_HealthServicer_to_server(ReadinessHealthServicer(service, health_poll_interval), server)
+        names.append(HEALTH_SERVICE_NAME)
+    if reflection_enabled:
+        names.append(reflection.SERVICE_NAME)
+        pool = _Pools(POOL, descriptor_pool.Default())
+        if isinstance(server, grpc.aio.Server):
+            reflection.enable_server_reflection(names, server, pool=pool)
+        else:
+            servicer = AsyncReflectionServicer(names, pool=pool)  # type: ignore[arg-type]
+            reflection_pb2_grpc.add_ServerReflectionServicer_to_server(servicer, server)
+
+
+async def _start_h2(
+    service: InferenceService,
+    address: str,
+    port: int,
+    reuse_port: bool,
+    health: bool,
+    health_poll_interval: float,
+    reflection_enabled: bool,
+) -> H2GrpcServer:
+    server = H2GrpcServer(max_receive_message_length=MAX_MESSAGE_SIZE, max_send_message_length=MAX_MESSAGE_SIZE)
+    _register(server, service, health, health_poll_interval, reflection_enabled)
+    try:
+        bound = await server.bind(address, port, reuse_port=reuse_port)
+    except OSError as exc:
+        log.debug("binding %s:%d failed: %s", address, port, exc)
+        raise GRPCBindError(f"{address}:{port}") from None
+    await server.start()
+    log.debug("gRPC server (Conch HTTP/2 transport) bound to %s", _host_port(address, bound))
+    return server
+
+
 def _host_port(address: str, port: int) -> str:
     """What gRPC binds: IPv6 literals need brackets."""
     if ":" in address and not address.startswith("["):
@@ -122,7 +168,8 @@ async def start_grpc_server(
     health: bool = True,
     health_poll_interval: float = 1.0,
     reflection_enabled: bool = True,
-) -> grpc.aio.Server:
+    transport: str = "conch",
+) -> grpc.aio.Server | H2GrpcServer:
     """Start serving ``inference.GRPCInferenceService`` on ``address:port`` and return the started server.
 
     :param service: what the RPCs call.
@@ -135,9 +182,17 @@ async def start_grpc_server(
     :param health: serve ``grpc.health.v1.Health`` from ``service.is_ready()``.
     :param health_poll_interval: seconds between readiness checks of a ``Health/Watch`` stream.
     :param reflection_enabled: serve ``grpc.reflection.v1alpha.ServerReflection``.
-    :return: the started :class:`grpc.aio.Server`; stop it with ``await server.stop(grace)``.
+    :param transport: ``"conch"`` (Conch's own HTTP/2 transport, plain text only) or ``"grpcio"``
+        (grpcio's asyncio server, also used whenever ``credentials`` are given).
+    :return: the started server; stop it with ``await server.stop(grace)``.
     :raises GRPCBindError: (an :class:`OSError`, ``errno`` EADDRINUSE) when the port cannot be bound.
     """
+    if transport not in TRANSPORTS:
+        raise ValueError(f"unknown gRPC transport {transport!r}: expected one of {', '.join(TRANSPORTS)}")
+    if transport == "conch" and credentials is None:
+        return await _start_h2(
+            service, address, port, reuse_port, health, health_poll_interval, reflection_enabled
+        )
     server = grpc.aio.server(
         options=[
             ("grpc.max_send_message_length", MAX_MESSAGE_SIZE),
@@ -146,16 +201,7 @@ async def start_grpc_server(
             *options,
         ]
     )
-    handlers = rpc_method_handlers(GRPCInferenceServicer(service))
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
-    server.add_registered_method_handlers(SERVICE_NAME, handlers)
-    names = [SERVICE_NAME]
-    if health:
-        health_pb2_grpc.add_HealthServicer_to_server(ReadinessHealthServicer(service, health_poll_interval), server)
-        names.append(HEALTH_SERVICE_NAME)
-    if reflection_enabled:
-        names.append(reflection.SERVICE_NAME)
-        reflection.enable_server_reflection(names, server, pool=_Pools(POOL, descriptor_pool.Default()))
+    _register(server, service, health, health_poll_interval, reflection_enabled)
 
     display = f"{address}:{port}"
     target = _host_port(address, port)
