@@ -1,6 +1,6 @@
 """The gRPC frontend against Triton's own clients (tritonclient.grpc, sync and aio) and raw stubs.
 
-A real grpc.aio server runs on a loopback port, in a thread with its own event loop, in front of a
+A real server (Conch's HTTP/2 transport, and grpcio's asyncio server) runs on a loopback port, in a thread with its own event loop, in front of a
 small fake service with echo, decoupled, failing and slow models.
 """
 
@@ -236,14 +236,15 @@ def free_port() -> int:
 
 
 class ServerThread:
-    def __init__(self, service: FakeService) -> None:
+    def __init__(self, service: FakeService, transport: str = "conch") -> None:
         self.service = service
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
         self.port = free_port()
         future = asyncio.run_coroutine_threadsafe(
-            start_grpc_server(service, "127.0.0.1", self.port, health_poll_interval=0.05), self.loop
+            start_grpc_server(service, "127.0.0.1", self.port, health_poll_interval=0.05, transport=transport),
+            self.loop,
         )
         self.server = future.result(timeout=30)
 
@@ -258,9 +259,10 @@ class ServerThread:
         self.loop.close()
 
 
-@pytest.fixture(scope="module")
-def server() -> Any:
-    running = ServerThread(FakeService())
+@pytest.fixture(scope="module", params=["conch", "grpcio"])
+def server(request: pytest.FixtureRequest) -> Any:
+    """The same tests on both transports: Conch's HTTP/2 one (the default) and grpcio's asyncio server."""
+    running = ServerThread(FakeService(), request.param)
     yield running
     running.stop()
 

@@ -125,7 +125,7 @@ def _register(
         if isinstance(server, grpc.aio.Server):
             reflection.enable_server_reflection(names, server, pool=pool)
         else:
-            servicer = AsyncReflectionServicer(names, pool=pool)  # type: ignore[arg-type]
+            servicer = AsyncReflectionServicer(names, pool=pool)
             reflection_pb2_grpc.add_ServerReflectionServicer_to_server(servicer, server)
 
 

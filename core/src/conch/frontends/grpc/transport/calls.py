@@ -526,8 +526,8 @@ class SendTooLarge(Exception):
 
 def _behaviour(handler: grpc.RpcMethodHandler) -> Callable[..., Any]:
     if handler.request_streaming:
-        return handler.stream_stream if handler.response_streaming else handler.stream_unary  # type: ignore[no-any-return]
-    return handler.unary_stream  # type: ignore[no-any-return]
+        return handler.stream_stream if handler.response_streaming else handler.stream_unary
+    return handler.unary_stream
 
 
 def open_call(

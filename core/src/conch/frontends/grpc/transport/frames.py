@@ -98,6 +98,6 @@ def goaway(last_stream_id: int, code: int, debug: bytes = b"") -> bytes:
     return frame(GOAWAY, 0, 0, _U32.pack(last_stream_id) + _U32.pack(code) + debug)
 
 
-def u32(payload: bytes | memoryview, pos: int = 0) -> int:
+def u32(payload: bytes | bytearray | memoryview, pos: int = 0) -> int:
     """The big-endian 32-bit number at ``pos``."""
     return int(_U32.unpack_from(payload, pos)[0])

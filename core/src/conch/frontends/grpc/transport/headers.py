@@ -32,7 +32,7 @@ class HeaderDecoder:
         if cached is not None:
             return cached
         try:
-            headers: Headers = self._decoder.decode(block)
+            headers: Headers = list(self._decoder.decode(block))  # type: ignore[arg-type]
         except (hpack.HPACKError, UnicodeDecodeError, IndexError, ValueError) as exc:
             raise ProtocolViolation(COMPRESSION_ERROR, f"bad header block: {exc}") from None
         if block.translate(None, _ONE_BYTE_INDEXED):

@@ -59,7 +59,7 @@ class H2GrpcServer:
         if handler is None:
             details = _CallDetails(path, ())
             for generic in self._generic:
-                handler = generic.service(details)  # type: ignore[arg-type]
+                handler = generic.service(details)
                 if handler is not None:
                     break
         if len(self._methods) < 1024:
