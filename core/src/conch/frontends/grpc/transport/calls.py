@@ -474,7 +474,7 @@ class Call:
         serializer = self.handler.response_serializer
         data = message if serializer is None else serializer(message)
         self._send_message(data)
-        self.conn.flush()
+        self.conn.flush_soon()
         if self.stream.out_size > 0:
             await self.conn.writable(self.stream)
 
@@ -488,7 +488,7 @@ class Call:
             self.conn.send_trailers(self.stream, block)
         else:
             self.conn.send_headers(self.stream, RESPONSE_HEADERS + block, end_stream=True)
-        self.conn.flush()
+        self.conn.flush_soon()
 
     def _end(self) -> None:
         if self.finished:

@@ -94,6 +94,7 @@ class H2Connection(asyncio.Protocol):
         self._continuing: tuple[int, int, bytearray] | None = None  # stream id, flags, fragments so far
         self.closing = False
         self._close_wanted = False
+        self._flush_scheduled = False
         self.idle: asyncio.Event = asyncio.Event()
 
     # -- asyncio.Protocol ------------------------------------------------------------------------
@@ -416,6 +417,21 @@ class H2Connection(asyncio.Protocol):
             self._write_out()
         if self._close_wanted and self.transport is not None:
             self.transport.close()
+
+    def flush_soon(self) -> None:
+        """Write what is waiting now when no other stream is open; otherwise at the end of this turn of
+        the event loop, together with whatever else finishes in it (the responses of one batch leave
+        in one write, not one each)."""
+        if not self.streams:
+            self.flush()  # nothing else in flight here: nothing to wait for
+            return
+        if not self._flush_scheduled and not self._receiving:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._scheduled_flush)
+
+    def _scheduled_flush(self) -> None:
+        self._flush_scheduled = False
+        self.flush()
 
     def _write_out(self) -> None:
         out = self._out
