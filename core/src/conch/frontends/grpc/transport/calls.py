@@ -282,7 +282,7 @@ class Call:
                 return
             if len(buffer) - pos - 5 < length:
                 break
-            self._take(flag, bytes(buffer[pos + 5 : pos + 5 + length]))
+            self._take(flag, bytes(memoryview(buffer)[pos + 5 : pos + 5 + length]))
             pos += 5 + length
         if len(buffer) - pos >= 5 and not self.finished:
             length = _PREFIX.unpack_from(buffer, pos)[1]
