@@ -18,6 +18,7 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 import numpy as np
+from conch_python import dlpack as _dlpack
 
 from conch import custom_metrics as _custom_metrics
 from conch import tensors as _tensors
@@ -434,6 +435,8 @@ class Tensor:
     def to_dlpack(self) -> Any:
         if self._datatype == "BYTES":
             raise TritonModelException("DLPack does not have support for string tensors.")
+        if self._datatype == "BF16":
+            return _dlpack.export_bf16(self._array)
         return self._array.__dlpack__()
 
     def __dlpack__(self, stream: Any = None) -> Any:
@@ -444,10 +447,14 @@ class Tensor:
 
     @staticmethod
     def from_dlpack(name: str, dlpack_object: Any) -> Tensor:
-        source = dlpack_object if hasattr(dlpack_object, "__dlpack__") else _Capsule(dlpack_object)
+        capsule = dlpack_object.__dlpack__() if hasattr(dlpack_object, "__dlpack__") else dlpack_object
         try:
-            array = np.from_dlpack(source)
+            if _dlpack.is_bf16_capsule(capsule):
+                return Tensor._wrap(name, "BF16", _dlpack.import_bf16(capsule))
+            array = np.from_dlpack(_Capsule(capsule))
         except Exception as exc:  # noqa: BLE001
+            if "not contiguous" in str(exc):
+                raise TritonModelException(str(exc)) from None
             raise TritonModelException(f"Tensor '{name}': cannot import the DLPack tensor: {exc}") from exc
         if not array.flags.c_contiguous:
             raise TritonModelException("DLPack tensor is not contiguous. Only contiguous DLPack tensors that are stored in C-Order are supported.")

@@ -55,6 +55,26 @@ class TritonPythonModel:
         return responses
 """
 
+#: Every datatype DLPack carries (no strings), BF16 included: numpy has no bfloat16, so BF16 models
+#: pass tensors through DLPack (``to_dlpack`` / ``from_dlpack``), as with Triton.
+DLPACK_TYPES = [t for t in IDENTITY_TYPES if t != "STRING"] + ["BF16"]
+
+IDENTITY_DLPACK = """
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            outputs = []
+            for tensor in request.inputs():
+                name = "OUTPUT" + tensor.name()[len("INPUT"):]
+                outputs.append(pb_utils.Tensor.from_dlpack(name, tensor.to_dlpack()))
+            responses.append(pb_utils.InferenceResponse(outputs))
+        return responses
+"""
+
 HELPER = """
 def out_name(input_name):
     return "OUTPUT" + input_name[len("INPUT"):]
@@ -343,9 +363,9 @@ def write_py_model(repo: Path, name: str, config: str, source: str, extra_files:
     return write_model(repo, name, config, files=files)
 
 
-def identity_config(name: str = "identity") -> str:
+def identity_config(name: str = "identity", types: list[str] = IDENTITY_TYPES) -> str:
     ins, outs = [], []
-    for i, datatype in enumerate(IDENTITY_TYPES):
+    for i, datatype in enumerate(types):
         ins.append(f'{{ name: "INPUT{i}" data_type: TYPE_{datatype} dims: [ -1 ] optional: true }}')
         outs.append(f'{{ name: "OUTPUT{i}" data_type: TYPE_{datatype} dims: [ -1 ] }}')
     return f'name: "{name}"\nbackend: "python"\nmax_batch_size: 8\ninput [ {", ".join(ins)} ]\noutput [ {", ".join(outs)} ]\n'
@@ -363,6 +383,7 @@ def write_repository(repo: Path) -> Path:
         ADD_SUB,
     )
     write_py_model(repo, "identity", identity_config(), IDENTITY, {"1/helper.py": HELPER})
+    write_py_model(repo, "identity_dlpack", identity_config("identity_dlpack", DLPACK_TYPES), IDENTITY_DLPACK)
     write_py_model(
         repo,
         "strings",

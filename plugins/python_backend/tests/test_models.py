@@ -8,12 +8,13 @@ import queue
 import time
 from typing import Any
 
+import ml_dtypes
 import numpy as np
 import pytest
 import requests
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
-from pymodels import IDENTITY_TYPES
+from pymodels import DLPACK_TYPES, IDENTITY_TYPES
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
 from serverkit import RunningServer
@@ -73,6 +74,24 @@ def test_identity_of_every_datatype(py_server: RunningServer, protocol: str) -> 
     for i, datatype in enumerate(IDENTITY_TYPES):
         assert types[f"OUTPUT{i}"] == ("BYTES" if datatype == "STRING" else datatype)
         np.testing.assert_array_equal(result.as_numpy(f"OUTPUT{i}"), _sample(datatype))
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_identity_through_dlpack_of_every_datatype_bf16_included(py_server: RunningServer, protocol: str) -> None:
+    """``Tensor.from_dlpack(name, tensor.to_dlpack())`` for each datatype; BF16 travels as DLPack bfloat16."""
+    inputs = []
+    expected = {}
+    for i, datatype in enumerate(DLPACK_TYPES):
+        array = np.array([[1.0, -2.5, 0.15625]], ml_dtypes.bfloat16) if datatype == "BF16" else _sample(datatype)
+        inputs.append(tensor(protocol, f"INPUT{i}", array, datatype))
+        expected[f"OUTPUT{i}"] = (datatype, array)
+    result = client(py_server, protocol).infer("identity_dlpack", inputs)
+    response = result.get_response()
+    outputs = response["outputs"] if protocol == "http" else [{"name": o.name, "datatype": o.datatype} for o in response.outputs]
+    types = {o["name"]: o["datatype"] for o in outputs}
+    for name, (datatype, array) in expected.items():
+        assert types[name] == datatype
+        np.testing.assert_array_equal(result.as_numpy(name), array)
 
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)

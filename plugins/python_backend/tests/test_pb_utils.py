@@ -145,3 +145,39 @@ def test_load_model_passes_config_and_files_to_the_load_api() -> None:
     ]:
         with pytest.raises(ConchError, match=message):
             asyncio.run(control(service, "load_model", bad))  # type: ignore[arg-type]
+
+
+def test_bf16_tensors_travel_as_dlpack_bfloat16_and_release_their_memory() -> None:
+    import ctypes
+    import gc
+
+    from conch_python import dlpack
+
+    bits = np.array([[0x3F80, 0xC020], [0x3E20, 0x0000]], dtype=np.uint16)  # 1.0, -2.5, 0.15625, 0.0
+    tensor = pb_utils.Tensor._wrap("x", "BF16", bits)
+    with pytest.raises(pb_utils.TritonModelException, match="use to_dlpack"):
+        tensor.as_numpy()
+    capsule = tensor.to_dlpack()
+    assert dlpack.is_bf16_capsule(capsule)
+    managed = ctypes.cast(ctypes.pythonapi.PyCapsule_GetPointer(capsule, b"dltensor"), ctypes.POINTER(dlpack._Managed))
+    dl = managed.contents.dl_tensor
+    assert (dl.dtype.code, dl.dtype.bits, dl.dtype.lanes, dl.ndim) == (4, 16, 1, 2)
+    assert [dl.shape[0], dl.shape[1]] == [2, 2] and dl.device.device_type == 1
+    assert dl.data == bits.ctypes.data  # zero-copy
+
+    back = pb_utils.Tensor.from_dlpack("y", capsule)
+    assert back.triton_dtype() == 14 and back.shape() == [2, 2]
+    np.testing.assert_array_equal(back._array, bits)
+    assert not dlpack.is_bf16_capsule(capsule)  # consumed
+    with pytest.raises(pb_utils.TritonModelException):
+        pb_utils.Tensor.from_dlpack("z", capsule)
+    assert dlpack.exported_count() == 1
+    del back
+    gc.collect()
+    assert dlpack.exported_count() == 0  # the consumer's deleter ran
+
+    unused = tensor.to_dlpack()
+    assert dlpack.exported_count() == 1
+    del unused
+    gc.collect()
+    assert dlpack.exported_count() == 0  # a capsule nobody consumed frees its tensor too
