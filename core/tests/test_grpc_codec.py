@@ -10,6 +10,7 @@ from conch._proto import grpc_service_pb2 as pb
 from conch.errors import ConchError, ErrorCode
 from conch.frontends.grpc import codec
 from conch.inference import InferenceResponse, Tensor
+from conch.service import parse_version
 
 
 @pytest.mark.parametrize(
@@ -17,13 +18,13 @@ from conch.inference import InferenceResponse, Tensor
     [("", -1), ("1", 1), ("01", 1), ("0", 0), (" 7", 7), ("+3", 3), ("12abc", 12), (str(2**63 - 1), 2**63 - 1)],
 )
 def test_parse_version_reads_like_stol(text: str, version: int) -> None:
-    assert codec.parse_version(text) == version
+    assert parse_version(text) == version
 
 
 @pytest.mark.parametrize("text", ["abc", " ", "x1", str(2**63), "-"])
 def test_parse_version_errors(text: str) -> None:
     with pytest.raises(ConchError) as info:
-        codec.parse_version(text)
+        parse_version(text)
     assert info.value.code is ErrorCode.INVALID_ARG
     assert info.value.message == (
         f"failed to get model version from specified version string '{text}' (details: stol), "
@@ -35,7 +36,7 @@ def test_parse_version_negative() -> None:
     with pytest.raises(
         ConchError, match=r"^invalid model version specified '-2' , version should be an integral value > 0$"
     ):
-        codec.parse_version("-2")
+        parse_version("-2")
 
 
 def _big_request(pad: str = "") -> tuple[pb.ModelInferRequest, list[bytes]]:

@@ -8,6 +8,7 @@ scheduling) lives behind it.
 from __future__ import annotations
 
 import asyncio
+import re
 from typing import TYPE_CHECKING, Any
 
 from conch import __version__
@@ -31,16 +32,31 @@ EXTENSIONS = [
 ]
 
 
+_STOL = re.compile(r"[ \t\n\v\f\r]*([+-]?[0-9]+)")
+_INT64_MAX = 2**63 - 1
+
+
 def parse_version(text: str | int | None) -> int:
-    """A requested version: "" or None means "let the policy pick" (-1)."""
+    """A requested version as Triton's ``GetModelVersionFromString`` reads it (``std::stol``: leading
+    whitespace, a sign, digits, anything after ignored); "", None or -1 mean "let the policy pick" (-1).
+    The one parser of version strings for every frontend."""
     if text is None or text == "":
         return -1
     if isinstance(text, int):
         return text
-    try:
-        value = int(text)
-    except ValueError:
-        raise ConchError(f"failed to parse version '{text}'", ErrorCode.INVALID_ARG) from None
+    match = _STOL.match(text)
+    value = int(match.group(1)) if match else None
+    if value is None or not -(2**63) <= value <= _INT64_MAX:
+        raise ConchError(
+            f"failed to get model version from specified version string '{text}' (details: stol), "
+            "version should be an integral value > 0",
+            ErrorCode.INVALID_ARG,
+        )
+    if value < 0:
+        raise ConchError(
+            f"invalid model version specified '{text}' , version should be an integral value > 0",
+            ErrorCode.INVALID_ARG,
+        )
     return value
 
 

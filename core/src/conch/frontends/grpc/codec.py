@@ -13,7 +13,6 @@ Every error text and code here is Triton 2.51's (``src/grpc/infer_handler.cc``, 
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 import numpy as np
@@ -47,27 +46,6 @@ _INVALID_DATATYPE = "<invalid>"  # TRITONSERVER_DataTypeString(TRITONSERVER_TYPE
 
 # -- versions -----------------------------------------------------------------------------------
 
-_STOL = re.compile(r"[ \t\n\v\f\r]*([+-]?[0-9]+)")
-
-
-def parse_version(text: str) -> int:
-    """A version string as Triton's ``GetModelVersionFromString`` reads it (``std::stol``); "" is -1."""
-    if text == "":
-        return -1
-    match = _STOL.match(text)
-    value = int(match.group(1)) if match else None
-    if value is None or not -(2**63) <= value <= _INT64_MAX:
-        raise ConchError(
-            f"failed to get model version from specified version string '{text}' (details: stol), "
-            "version should be an integral value > 0",
-            ErrorCode.INVALID_ARG,
-        )
-    if value < 0:
-        raise ConchError(
-            f"invalid model version specified '{text}' , version should be an integral value > 0",
-            ErrorCode.INVALID_ARG,
-        )
-    return value
 
 
 # -- request: wire split ------------------------------------------------------------------------

@@ -20,6 +20,7 @@ from google.protobuf import json_format
 from conch._proto import grpc_service_pb2 as pb
 from conch.errors import ConchError, ErrorCode
 from conch.frontends.grpc import codec
+from conch.service import parse_version
 
 if TYPE_CHECKING:
     from conch.inference import InferenceResponse, ResponseStream
@@ -96,7 +97,7 @@ class GRPCInferenceServicer:
 
     @_rpc
     async def ModelReady(self, request: pb.ModelReadyRequest, context: Any) -> pb.ModelReadyResponse:
-        version = codec.parse_version(request.version)
+        version = parse_version(request.version)
         return pb.ModelReadyResponse(ready=self.service.model_ready(request.name, version))
 
     @_rpc
@@ -108,7 +109,7 @@ class GRPCInferenceServicer:
 
     @_rpc
     async def ModelMetadata(self, request: pb.ModelMetadataRequest, context: Any) -> pb.ModelMetadataResponse:
-        metadata = self.service.model_metadata(request.name, codec.parse_version(request.version))
+        metadata = self.service.model_metadata(request.name, parse_version(request.version))
         response = pb.ModelMetadataResponse(
             name=metadata["name"],
             versions=[str(v) for v in metadata.get("versions", [])],
@@ -123,7 +124,7 @@ class GRPCInferenceServicer:
 
     @_rpc
     async def ModelConfig(self, request: pb.ModelConfigRequest, context: Any) -> pb.ModelConfigResponse:
-        config = self.service.model_config(request.name, codec.parse_version(request.version))
+        config = self.service.model_config(request.name, parse_version(request.version))
         response = pb.ModelConfigResponse()
         response.config.CopyFrom(config)
         return response
@@ -132,7 +133,7 @@ class GRPCInferenceServicer:
     async def ModelStatistics(
         self, request: pb.ModelStatisticsRequest, context: Any
     ) -> pb.ModelStatisticsResponse:
-        stats = self.service.model_statistics(request.name, codec.parse_version(request.version))
+        stats = self.service.model_statistics(request.name, parse_version(request.version))
         return json_format.ParseDict(stats, pb.ModelStatisticsResponse())
 
     # -- repository ------------------------------------------------------------------------------
@@ -195,7 +196,7 @@ class GRPCInferenceServicer:
     @_rpc
     async def ModelInfer(self, wire: codec.WireInferRequest, context: Any) -> bytes:
         message = wire.message
-        version = codec.parse_version(message.model_version)
+        version = parse_version(message.model_version)
         model = self.service.model(message.model_name, version)
         if model.decoupled:
             raise ConchError(DECOUPLED_UNARY, ErrorCode.UNSUPPORTED)
@@ -313,7 +314,7 @@ class _StreamSession:
         version = -1
         model: Any = None
         try:
-            version = codec.parse_version(message.model_version)
+            version = parse_version(message.model_version)
             model = self.service.model(message.model_name, version)
         except Exception as exc:  # noqa: BLE001 - reported on the stream
             error = exc

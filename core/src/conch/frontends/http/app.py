@@ -25,6 +25,7 @@ from conch.errors import ConchError, ErrorCode
 from conch.frontends.http import codec, compression, jsonio
 from conch.frontends.http.responses import Headers, Response, request_headers
 from conch.inference import InferenceResponse, ResponseStream
+from conch.service import parse_version
 
 if TYPE_CHECKING:
     from conch.service import InferenceService
@@ -146,7 +147,7 @@ class HTTPApp:
             if kind == "ready":
                 _allow(method, "GET", TEXT)
                 try:
-                    ready = self.service.model_ready(name, _version(version_text))
+                    ready = self.service.model_ready(name, parse_version(version_text))
                 except ConchError as exc:
                     raise _Reply.plain(exc) from None
                 if not ready:
@@ -154,10 +155,10 @@ class HTTPApp:
                 return empty_response(TEXT)
             if kind == "config":
                 _allow(method, "GET")
-                return json_response(_config_json(self.service.model_config(name, _version(version_text))))
+                return json_response(_config_json(self.service.model_config(name, parse_version(version_text))))
             if kind == "":
                 _allow(method, "GET")
-                return json_response(self.service.model_metadata(name, _version(version_text)))
+                return json_response(self.service.model_metadata(name, parse_version(version_text)))
             if kind in ("generate", "generate_stream"):
                 return _missing(method, ("POST",), "generate")
             if kind == "stats":
@@ -194,14 +195,14 @@ class HTTPApp:
         if statistics is None:
             return _missing(method, ("GET",), "statistics")
         _allow(method, "GET")
-        return json_response(statistics(name, _version(version_text)))
+        return json_response(statistics(name, parse_version(version_text)))
 
     # -- inference -----------------------------------------------------------------------------------
 
     async def _infer(self, receive: Receive, headers: Headers, name: str, version_text: str) -> Response:
         # Before the body is parsed, Triton's errors go out without a Content-Type of their own.
         try:
-            model = self.service.model(name, _version(version_text))
+            model = self.service.model(name, parse_version(version_text))
             if model.decoupled:
                 raise ConchError(
                     "HTTP end point doesn't support models with decoupled transaction policy", ErrorCode.UNSUPPORTED
@@ -389,20 +390,6 @@ def _shared_memory(method: str, kind: str, region: str, action: str) -> Response
     if not region:
         raise ConchError(f"'region name' is necessary to register {kind} shared memory region")
     raise MISSING_FEATURES[kind]
-
-
-def _version(text: str) -> int:
-    """A version from the URL (digits, by the route): -1 when absent, Triton's error past int64."""
-    if not text:
-        return -1
-    value = int(text)
-    if value > _INT64_MAX:
-        raise ConchError(
-            f"failed to get model version from specified version string '{text}' (details: stol), "
-            "version should be an integral value > 0",
-            ErrorCode.INVALID_ARG,
-        )
-    return value
 
 
 def _content_length(headers: Headers) -> int | None:
