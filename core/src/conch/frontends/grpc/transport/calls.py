@@ -308,10 +308,7 @@ class Call:
             self._ready = True
             message, self._message = self._message, None
             assert message is not None
-            if self.handler.response_streaming:
-                self._start(self._run(message))
-            else:
-                self._start(self._run_unary(message))
+            self._start(self._run(message))
 
     def on_reset(self) -> None:
         self.cancelled = True
@@ -365,17 +362,30 @@ class Call:
     def _start(self, coroutine: Any) -> None:
         self.task = asyncio.get_running_loop().create_task(coroutine)
 
-    async def _run_unary(self, raw: bytes) -> None:
+    async def _run(self, raw: bytes | None = None) -> None:
+        """Run the handler (any of the four kinds) and end the call with its status."""
         handler = self.handler
         context = self.context
+        if self.requests is not None:
+            request: Any = self.requests
+        else:
+            try:
+                request = raw if handler.request_deserializer is None else handler.request_deserializer(raw)
+            except Exception:  # noqa: BLE001 - a bad message fails its call
+                log.debug("request of a gRPC call could not be deserialized", exc_info=True)
+                self.finish(grpc.StatusCode.INTERNAL, "Exception deserializing request!")
+                return
         try:
-            request = raw if handler.request_deserializer is None else handler.request_deserializer(raw)
-        except Exception:  # noqa: BLE001 - a bad message fails its call
-            log.debug("request of a gRPC call could not be deserialized", exc_info=True)
-            self.finish(grpc.StatusCode.INTERNAL, "Exception deserializing request!")
-            return
-        try:
-            response = await handler.unary_unary(request, context)
+            result = _behaviour(handler)(request, context)
+            if inspect.isasyncgen(result):
+                if not handler.response_streaming:
+                    raise TypeError("a unary-response handler must not be a generator")
+                async for response in result:
+                    await self.write(response)
+            else:
+                response = await result
+                if not handler.response_streaming and not self.finished and context._code in (None, grpc.StatusCode.OK):
+                    self._send_message(self._serialize(response))
         except grpc.aio.AbortError:
             self.finish(context._code or grpc.StatusCode.UNKNOWN, context._details)
             return
@@ -383,72 +393,27 @@ class Call:
             if self.cancelled:
                 return
             raise
+        except SendTooLarge as exc:
+            self.finish(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
+            return
+        except _SerializeFailed:
+            log.exception("response of a gRPC call could not be serialized")
+            self.finish(grpc.StatusCode.INTERNAL, "Exception serializing response!")
+            return
         except Exception as exc:  # noqa: BLE001 - anything a handler raises becomes a status
             log.exception("unexpected error in a gRPC handler")
             self.finish(grpc.StatusCode.UNKNOWN, f"Unexpected {type(exc)}: {exc}")
             return
-        code = context._code
-        if code is not None and code != grpc.StatusCode.OK:
-            self.finish(code, context._details)
-            return
-        if self.finished:
-            return
-        try:
-            data = response if handler.response_serializer is None else handler.response_serializer(response)
-        except Exception:  # noqa: BLE001
-            log.exception("response of a gRPC call could not be serialized")
-            self.finish(grpc.StatusCode.INTERNAL, "Exception serializing response!")
-            return
-        try:
-            self._send_message(data)
-        except SendTooLarge as exc:
-            self.finish(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
-            return
-        self.finish(grpc.StatusCode.OK, context._details)
-
-    async def _run(self, raw: bytes | None = None) -> None:
-        """Any call with a request stream or a response stream."""
-        handler = self.handler
-        context = self.context
-        try:
-            if self.requests is not None:
-                request: Any = self.requests
-            else:
-                assert raw is not None
-                try:
-                    request = raw if handler.request_deserializer is None else handler.request_deserializer(raw)
-                except Exception:  # noqa: BLE001
-                    self.finish(grpc.StatusCode.INTERNAL, "Exception deserializing request!")
-                    return
-            behaviour = _behaviour(handler)
-            result = behaviour(request, context)
-            if inspect.isasyncgen(result):
-                async for response in result:
-                    if not handler.response_streaming:
-                        raise TypeError("a unary-response handler must not be a generator")
-                    await self.write(response)
-            else:
-                response = await result
-                if not handler.response_streaming and not self.finished:
-                    code = context._code
-                    if code is None or code == grpc.StatusCode.OK:
-                        data = response if handler.response_serializer is None else handler.response_serializer(response)
-                        self._send_message(data)
-        except grpc.aio.AbortError:
-            self.finish(context._code or grpc.StatusCode.UNKNOWN, context._details)
-            return
-        except asyncio.CancelledError:
-            if self.cancelled:
-                return
-            raise
-        except SendTooLarge as exc:
-            self.finish(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
-            return
-        except Exception as exc:  # noqa: BLE001
-            log.exception("unexpected error in a gRPC handler")
-            self.finish(grpc.StatusCode.UNKNOWN, f"Unexpected {type(exc)}: {exc}")
-            return
         self.finish(context._code or grpc.StatusCode.OK, context._details)
+
+    def _serialize(self, message: Any) -> Any:
+        serializer = self.handler.response_serializer
+        if serializer is None:
+            return message
+        try:
+            return serializer(message)
+        except Exception as exc:  # noqa: BLE001
+            raise _SerializeFailed from exc
 
     # -- messages out ----------------------------------------------------------------------------
 
@@ -471,9 +436,7 @@ class Call:
         """Send one message of a streamed response (waits while the peer is slow to take them)."""
         if self.finished:
             raise grpc.aio.AbortError("the call is already over") if not self.cancelled else asyncio.CancelledError()
-        serializer = self.handler.response_serializer
-        data = message if serializer is None else serializer(message)
-        self._send_message(data)
+        self._send_message(self._serialize(message))
         self.conn.flush_soon()
         if self.stream.out_size > 0:
             await self.conn.writable(self.stream)
@@ -517,6 +480,10 @@ class Call:
         self.finish(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded")
 
 
+class _SerializeFailed(Exception):
+    """The handler's response could not be serialized."""
+
+
 class SendTooLarge(Exception):
     """A response message above the server's send limit."""
 
@@ -527,7 +494,7 @@ class SendTooLarge(Exception):
 def _behaviour(handler: grpc.RpcMethodHandler) -> Callable[..., Any]:
     if handler.request_streaming:
         return handler.stream_stream if handler.response_streaming else handler.stream_unary
-    return handler.unary_stream
+    return handler.unary_stream if handler.response_streaming else handler.unary_unary
 
 
 def open_call(
