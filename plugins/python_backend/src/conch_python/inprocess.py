@@ -24,7 +24,7 @@ from conch_python import bls
 from conch_python.convert import OutputChecker, error_from, request_fields
 from conch_python.custom_metrics import InProcessMetrics
 from conch_python.loader import initialize_args, locate
-from conch_python.modelcall import LoadedModel, check_responses, error_code, error_text
+from conch_python.modelcall import LoadedModel, check_responses, error_code, error_text, model_request
 
 IN_PROCESS_PARAMETER = "CONCH_IN_PROCESS"
 
@@ -188,19 +188,18 @@ class InProcessInstance(ModelInstance):
     def _wrap(self, request: InferenceRequest) -> Any:
         correlation_id, flags, timeout, parameters = request_fields(request)
         tensors = [pb_utils.Tensor._wrap(name, t.datatype, t.data) for name, t in request.inputs.items()]  # type: ignore[arg-type]
-        wrapped = pb_utils.InferenceRequest(
-            requested_output_names=request.requested_output_names(),
-            inputs=tensors,
-            request_id=request.id,
-            correlation_id=correlation_id,
-            flags=flags,
-            timeout=timeout,
-            parameters=parameters,
+        return model_request(
+            self,
+            request,
+            self.decoupled,
+            tensors,
+            request.requested_output_names(),
+            request.id,
+            correlation_id,
+            flags,
+            timeout,
+            parameters,
         )
-        wrapped._host = self
-        wrapped._key = request
-        wrapped._decoupled = self.decoupled
-        return wrapped
 
     def _convert(self, request: InferenceRequest, response: Any) -> InferenceResponse:
         if response is None:

@@ -94,6 +94,35 @@ async def _await(awaitable: Any) -> Any:
     return await awaitable
 
 
+def model_request(
+    host: Any,
+    key: Any,
+    decoupled: bool,
+    tensors: list[Any],
+    outputs: list[str],
+    request_id: str,
+    correlation_id: Any,
+    flags: int,
+    timeout: int,
+    parameters: Any,
+) -> Any:
+    """The ``pb_utils.InferenceRequest`` a model's ``execute`` gets, answered through ``host``
+    (``send`` / ``is_cancelled``) under ``key`` (worker process and in-process mode alike)."""
+    request = pb_utils.InferenceRequest(
+        requested_output_names=outputs,
+        inputs=tensors,
+        request_id=request_id,
+        correlation_id=correlation_id,
+        flags=flags,
+        timeout=timeout,
+        parameters=parameters,
+    )
+    request._host = host
+    request._key = key
+    request._decoupled = decoupled
+    return request
+
+
 def error_text(exc: BaseException) -> str:
     """An exception as the client sees it: ``<type>: <message>`` plus where it was raised."""
     frames = [f for f in traceback.extract_tb(exc.__traceback__) if _HERE not in f.filename]

@@ -23,7 +23,7 @@ import triton_python_backend_utils as pb_utils
 
 from conch_python.custom_metrics import WorkerMetrics
 from conch_python.loader import ModelSource
-from conch_python.modelcall import LoadedModel, check_responses, error_code, error_text
+from conch_python.modelcall import LoadedModel, check_responses, error_code, error_text, model_request
 from conch_python.reading import NOT_WORK, Inbox
 from conch_python.shm import Ring, open_region
 from conch_python.wire import Channel, ChannelClosed, put_tensors, take_tensors
@@ -224,19 +224,9 @@ class WorkerRuntime:
     def _request(self, desc: tuple[Any, ...]) -> Any:
         key, request_id, correlation_id, flags, parameters, inputs, outputs, timeout = desc
         tensors = [pb_utils.Tensor._wrap(n, d, a) for n, d, a in take_tensors(self.inbound, inputs)]
-        request = pb_utils.InferenceRequest(
-            requested_output_names=outputs,
-            inputs=tensors,
-            request_id=request_id,
-            correlation_id=correlation_id,
-            flags=flags,
-            timeout=timeout,
-            parameters=parameters,
+        return model_request(
+            self, key, self.decoupled, tensors, outputs, request_id, correlation_id, flags, timeout, parameters
         )
-        request._host = self
-        request._key = key
-        request._decoupled = self.decoupled
-        return request
 
     def _answer_ready(self, token: int) -> None:
         assert self.model is not None
