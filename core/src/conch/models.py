@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from conch.backend import Backend, InstanceContext, ModelContext
+from conch.classification import read_labels
 from conch.errors import ConchError, ErrorCode
 from conch.inference import InferenceRequest
 from conch.overrides import LoadOverrides, OverrideFolder, parse_load_parameters
@@ -80,6 +81,11 @@ class ModelVersion:
         self.service: Any = None  # the InferenceService, handed to backends through ModelContext.server
         self.source: OverrideFolder | None = None  # the private folder of load-API override files, if any
         self.replaced_by: ModelVersion | None = None  # set when a reload swapped in a new instance of it
+        self.labels: dict[str, list[str]] = {}  # class labels by output name (classification extension)
+
+    def output_labels(self, name: str) -> list[str] | None:
+        """The class labels of output ``name`` (its ``label_filename``), if it has any."""
+        return self.labels.get(name)
 
     def is_ready(self) -> bool:
         return self.state is ModelState.READY and all(runner.is_ready() for runner in self.runners)
@@ -140,6 +146,7 @@ class ModelVersion:
         """Create every instance (in parallel) and start the scheduler."""
         started = time.monotonic()
         assert self.backend is not None
+        self.labels = await asyncio.to_thread(read_labels, self.config, model_dir)
         self.runners = [InstanceRunner(self.backend, ctx, self.stats) for ctx in self._instance_contexts(model_dir, settings)]
         results = await asyncio.gather(*(runner.create() for runner in self.runners), return_exceptions=True)
         errors = [r for r in results if isinstance(r, BaseException)]

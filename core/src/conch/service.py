@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 
 #: Protocol extensions Conch really implements, in the order Triton lists them.
 EXTENSIONS = [
+    "classification",
     "schedule_policy",
     "model_configuration",
     "binary_tensor_data",

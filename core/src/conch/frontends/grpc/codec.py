@@ -24,6 +24,7 @@ from conch._proto.grpc_service_pb2 import (
     ModelInferResponse,
     ModelStreamInferResponse,
 )
+from conch.classification import Labels, classify
 from conch.errors import ConchError, ErrorCode
 from conch.inference import InferenceRequest, InferenceResponse, InferInput, RequestedOutput
 
@@ -220,6 +221,12 @@ def _check_shared_memory(tensor: Any) -> None:
     raise ConchError(f"Unable to find shared memory region: '{region.string_param}'", ErrorCode.NOT_FOUND)
 
 
+def classification_counts(request: InferenceRequest) -> dict[str, int] | None:
+    """The outputs a request asks for as classifications, with their class counts (None: none)."""
+    counts = {o.name: int(o.parameters["classification"]) for o in request.outputs if "classification" in o.parameters}
+    return counts or None
+
+
 def _check_classification(output: Any) -> None:
     param = output.parameters.get("classification")
     if param is None:
@@ -409,8 +416,14 @@ def encode_response(
     model_version: str,
     request_id: str,
     final: bool | None = None,
+    classes: dict[str, int] | None = None,
+    batching: bool = False,
+    labels: Labels | None = None,
 ) -> EncodedResponse:
     """Encode a successful response; ``final`` (streaming only) adds ``triton_final_response``.
+
+    ``classes`` maps outputs asked for as classifications to their class count (``batching``: the
+    model's first dimension is the batch; ``labels``: an output's class labels, if any).
 
     Raises Triton's INVALID_ARG error when the message would exceed gRPC's 2 GiB limit.
     """
@@ -426,12 +439,16 @@ def encode_response(
         header.parameters[FINAL_RESPONSE_KEY].bool_param = final
     raws: list[bytes | memoryview] = []
     for tensor in response.outputs:
+        data = tensor.data
         row = tensors.datatype(tensor.datatype)
+        if classes and tensor.name in classes:
+            data = classify(row.name, data, classes[tensor.name], batching, labels(tensor.name) if labels else None)
+            row = tensors.datatype("BYTES")
         output = header.outputs.add()
         output.name = tensor.name
         output.datatype = row.name
-        output.shape.extend(tensor.data.shape)
-        raws.append(tensors.to_raw(row, tensor.data))
+        output.shape.extend(data.shape)
+        raws.append(tensors.to_raw(row, data))
     head = header.SerializeToString()
     parts: list[bytes | memoryview] = [head]
     size = len(head)

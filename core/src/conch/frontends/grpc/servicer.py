@@ -207,8 +207,15 @@ class GRPCInferenceServicer:
             if request.stream is not None:
                 request.stream.cancelled = True
             raise
+        classes = codec.classification_counts(request)
         encoded = codec.encode_response(
-            response, model_name=message.model_name, model_version=str(model.version), request_id=message.id
+            response,
+            model_name=message.model_name,
+            model_version=str(model.version),
+            request_id=message.id,
+            classes=classes,
+            batching=classes is not None and model.config.max_batch_size > 0,
+            labels=getattr(model, "output_labels", None),
         )
         return await _join(encoded.parts, encoded.size)
 
@@ -373,6 +380,7 @@ class _StreamSession:
             return
 
         decoupled = model.decoupled
+        classes = codec.classification_counts(request)
         model_name = message.model_name
         requested_version = message.model_version
         served_version = str(model.version)
@@ -396,7 +404,9 @@ class _StreamSession:
                     if empty_final:
                         yield codec.empty_final(request_id, model_name, requested_version)
                     continue
-                yield await self._encode(response, model_name, served_version, request_id, final, requested_version)
+                yield await self._encode(
+                    response, model_name, served_version, request_id, final, requested_version, model, classes
+                )
         finally:
             self.streams.discard(stream)
             if not stream.done:
@@ -410,11 +420,20 @@ class _StreamSession:
         request_id: str,
         final: bool,
         requested_version: str,
+        model: Any,
+        classes: dict[str, int] | None,
     ) -> Any:
         try:
             encoded = codec.stream_wrap(
                 codec.encode_response(
-                    response, model_name=model_name, model_version=served_version, request_id=request_id, final=final
+                    response,
+                    model_name=model_name,
+                    model_version=served_version,
+                    request_id=request_id,
+                    final=final,
+                    classes=classes,
+                    batching=classes is not None and model.config.max_batch_size > 0,
+                    labels=getattr(model, "output_labels", None),
                 )
             )
         except Exception as exc:  # noqa: BLE001 - reported on the stream

@@ -11,13 +11,13 @@ the final join.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from conch import tensors
+from conch.classification import Labels, classify
 from conch.errors import ConchError, ErrorCode
 from conch.frontends.http import jsonio
 from conch.inference import InferenceRequest, InferenceResponse, InferInput, RequestedOutput
@@ -548,7 +548,6 @@ def _json_bytes(data: list[Any], count: int) -> np.ndarray | bytes:
 # -- response -----------------------------------------------------------------------------------------
 
 
-Labels = Callable[[str], "list[str] | None"]
 
 
 def encode_infer_response(
@@ -595,7 +594,7 @@ def encode_infer_response(
         array = tensor.data
         datatype = tensor.datatype
         if classes > 0:
-            array = classify(tensor.name, datatype, array, classes, batching, labels(tensor.name) if labels else None)
+            array = classify(datatype, array, classes, batching, labels(tensor.name) if labels else None)
             datatype = "BYTES"
         head: dict[str, Any] = {"name": tensor.name, "datatype": datatype, "shape": [int(d) for d in array.shape]}
         dt = tensors.datatype(datatype)
@@ -697,27 +696,3 @@ def bytes_to_texts(array: np.ndarray) -> tuple[list[str], bool]:
             texts.append(data.decode("utf-8", "surrogateescape"))
             clean = False
     return texts, clean
-
-
-def classify(
-    name: str, datatype: str, array: np.ndarray, classes: int, batching: bool, labels: list[str] | None
-) -> np.ndarray:
-    """Triton's classification extension: the top ``classes`` as ``"<value>:<index>[:<label>]"`` strings."""
-    if datatype not in ("UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64", "FP32", "FP64"):
-        raise _invalid(f"class result not available for output due to unsupported type '{datatype}'")
-    is_float = datatype.startswith("FP")
-    batch = int(array.shape[0]) if batching and array.ndim > 0 else 0
-    rows = array.reshape(max(batch, 1), -1)
-    results: list[bytes] = []
-    for row in rows:
-        values = row.tolist()
-        order = sorted(range(len(values)), key=values.__getitem__, reverse=True)[:classes]
-        for index in order:
-            text = f"{values[index]:f}:{index}" if is_float else f"{values[index]}:{index}"
-            if labels and index < len(labels) and labels[index]:
-                text += f":{labels[index]}"
-            results.append(text.encode("utf-8"))
-    out = np.empty(len(results), dtype=object)
-    out[:] = results
-    width = min(classes, rows.shape[1])
-    return out.reshape([batch, width] if batch else [width])
