@@ -15,7 +15,7 @@ from conch import log as conch_log
 from conch.gpus import gpu_count
 from conch.metrics import MetricsOptions
 from conch.models import ManagerOptions
-from conch.server import Server, ServerOptions
+from conch.server import GrpcTls, Server, ServerOptions
 
 log = logging.getLogger("conch.cli")
 
@@ -29,8 +29,7 @@ UNIMPLEMENTED_TRITON_FLAGS: dict[str, bool] = {
     "--http-header-forward-pattern": True, "--grpc-header-forward-pattern": True,
     "--http-restricted-api": True, "--grpc-restricted-protocol": True,
     "--grpc-infer-allocation-pool-size": True, "--grpc-max-response-pool-size": True,
-    "--grpc-use-ssl": True, "--grpc-use-ssl-mutual": True, "--grpc-server-cert": True,
-    "--grpc-server-key": True, "--grpc-root-cert": True, "--grpc-infer-response-compression-level": True,
+    "--grpc-infer-response-compression-level": True,
     "--grpc-keepalive-time": True, "--grpc-keepalive-timeout": True,
     "--grpc-keepalive-permit-without-calls": True, "--grpc-http2-max-pings-without-data": True,
     "--grpc-http2-min-recv-ping-interval-without-data": True, "--grpc-http2-max-ping-strikes": True,
@@ -78,6 +77,11 @@ def _serve_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    default=os.environ.get("CONCH_GRPC_TRANSPORT", "conch"),
                    help="gRPC over Conch's own HTTP/2 transport (default) or grpcio's asyncio server "
                         "(default from CONCH_GRPC_TRANSPORT)")
+    _add_bool(p, "--grpc-use-ssl", False, "serve gRPC over TLS (with --grpc-server-cert and --grpc-server-key)")
+    _add_bool(p, "--grpc-use-ssl-mutual", False, "TLS with client certificates checked against --grpc-root-cert")
+    p.add_argument("--grpc-server-cert", default="", metavar="PATH", help="PEM certificate (chain) of the server")
+    p.add_argument("--grpc-server-key", default="", metavar="PATH", help="PEM private key of the server")
+    p.add_argument("--grpc-root-cert", default="", metavar="PATH", help="PEM root certificates for client certificates")
     _add_bool(p, "--allow-metrics", True, "serve Prometheus metrics on the metrics port")
     _add_bool(p, "--allow-gpu-metrics", True, "GPU metrics through NVML (nvidia-ml-py), where present")
     _add_bool(p, "--allow-cpu-metrics", True, "CPU utilisation and memory metrics")
@@ -188,11 +192,21 @@ def _serve_options(ns: argparse.Namespace) -> ServerOptions:
         grpc_address=ns.grpc_address,
         grpc_port=ns.grpc_port,
         grpc_transport=ns.grpc_transport,
+        grpc_tls=_grpc_tls(ns),
         exit_on_error=ns.exit_on_error,
         strict_readiness=ns.strict_readiness,
         exit_timeout_secs=ns.exit_timeout_secs,
         manager=manager,
         blocked_plugins=set(ns.disable_plugin),
+    )
+
+
+def _grpc_tls(ns: argparse.Namespace) -> GrpcTls | None:
+    """Triton's SSL flags: ``--grpc-use-ssl-mutual`` implies ``--grpc-use-ssl``."""
+    if not (ns.grpc_use_ssl or ns.grpc_use_ssl_mutual):
+        return None
+    return GrpcTls(
+        cert=ns.grpc_server_cert, key=ns.grpc_server_key, root=ns.grpc_root_cert, mutual=ns.grpc_use_ssl_mutual
     )
 
 

@@ -22,6 +22,33 @@ log = logging.getLogger("conch.server")
 
 
 @dataclass
+class GrpcTls:
+    """``--grpc-use-ssl`` and its files (PEM); ``mutual`` asks clients for certificates signed by ``root``."""
+
+    cert: str
+    key: str
+    root: str = ""
+    mutual: bool = False
+
+    def credentials(self) -> Any:
+        """grpcio server credentials; a StartupError naming the flag and file when one cannot be read."""
+        import grpc
+
+        def read(flag: str, path: str) -> bytes:
+            if not path:
+                raise StartupError(f"failed to start GRPC service: {flag} is required with --grpc-use-ssl")
+            try:
+                return Path(path).read_bytes()
+            except OSError as exc:
+                raise StartupError(f"failed to start GRPC service: {flag} '{path}': {exc.strerror or exc}") from None
+
+        cert = read("--grpc-server-cert", self.cert)
+        pair = (read("--grpc-server-key", self.key), cert)
+        root = read("--grpc-root-cert", self.root) if self.mutual or self.root else None
+        return grpc.ssl_server_credentials([pair], root_certificates=root, require_client_auth=self.mutual)
+
+
+@dataclass
 class ServerOptions:
     """What ``conch serve`` was asked for (tritonserver's flags, by their names)."""
 
@@ -35,6 +62,7 @@ class ServerOptions:
     grpc_address: str = "0.0.0.0"
     grpc_port: int = 8001
     grpc_transport: str = "conch"
+    grpc_tls: GrpcTls | None = None
     exit_on_error: bool = True
     strict_readiness: bool = True
     exit_timeout_secs: int = 30
@@ -138,8 +166,15 @@ class Server:
             from conch.frontends.grpc.server import start_grpc_server
 
             try:
+                credentials = opts.grpc_tls.credentials() if opts.grpc_tls is not None else None
+                if credentials is not None and opts.grpc_transport == "conch":
+                    log.info("gRPC over TLS is served by grpcio's server (Conch's HTTP/2 transport is plain text)")
                 self._grpc = await start_grpc_server(
-                    self.service, opts.grpc_address, opts.grpc_port, transport=opts.grpc_transport
+                    self.service,
+                    opts.grpc_address,
+                    opts.grpc_port,
+                    credentials=credentials,
+                    transport=opts.grpc_transport,
                 )
             except OSError as exc:
                 raise StartupError(f"failed to start GRPC service: Unavailable - {exc}") from None
