@@ -9,9 +9,11 @@ from types import SimpleNamespace
 
 import numpy as np
 import onnxruntime as ort
-from conch_onnxruntime.instance import OnnxInstance
+import pytest
+from conch_onnxruntime.instance import OnnxInstance, direct_run
 from conch_onnxruntime.signature import GraphSignature
 
+from conch import ConchError
 from conch.config.parse import parse_config_text
 
 ADD_SUB = """name: "m"
@@ -72,3 +74,37 @@ def test_two_instances_on_their_threads_overlap(tmp_path: Path, models: SimpleNa
     assert peak == 2
     a.unload()
     b.unload()
+
+
+def test_numpy_feeds_go_to_the_sessions_own_run(tmp_path: Path, models: SimpleNamespace) -> None:
+    """The C++ run under ``InferenceSession.run`` answers as the wrapper does."""
+    instance = _instance(tmp_path, models.add_sub(), ADD_SUB)
+    assert instance._direct is not None
+    a, b = np.arange(32, dtype=np.float32).reshape(2, 16), np.ones((2, 16), np.float32)
+    outputs = instance.execute_batch({"INPUT0": a, "INPUT1": b}, ["OUTPUT1", "OUTPUT0"])
+    assert list(outputs) == ["OUTPUT1", "OUTPUT0"]
+    np.testing.assert_array_equal(outputs["OUTPUT0"], a + b)
+    np.testing.assert_array_equal(outputs["OUTPUT1"], a - b)
+    expected = instance.session.run(["OUTPUT0"], {"INPUT0": a, "INPUT1": b})
+    np.testing.assert_array_equal(instance.execute_batch({"INPUT0": a, "INPUT1": b}, ["OUTPUT0"])["OUTPUT0"], expected[0])
+    instance.unload()
+
+
+def test_a_failed_direct_run_reports_the_wrappers_error(tmp_path: Path, models: SimpleNamespace) -> None:
+    """A missing input fails with ``InferenceSession.run``'s message, not the C++ one."""
+    instance = _instance(tmp_path, models.add_sub(), ADD_SUB)
+    with pytest.raises(ConchError) as direct:
+        instance.execute_batch({"INPUT0": np.ones((1, 16), np.float32)}, ["OUTPUT0"])
+    instance._direct = None
+    with pytest.raises(ConchError) as wrapped:
+        instance.execute_batch({"INPUT0": np.ones((1, 16), np.float32)}, ["OUTPUT0"])
+    assert "Required inputs" in direct.value.message
+    assert direct.value.message == wrapped.value.message
+    instance.unload()
+
+
+def test_no_direct_run_without_the_inner_session() -> None:
+    """A session object without ONNX Runtime's inner ``_sess`` keeps its own ``run``."""
+    assert direct_run(SimpleNamespace(run=lambda *args: [])) is None
+    capturing = SimpleNamespace(_sess=SimpleNamespace(run=lambda *args: [], is_webgpu_graph_capture_enabled=lambda: True))
+    assert direct_run(capturing) is None

@@ -12,6 +12,10 @@ ONNX Runtime returns. Only what ONNX Runtime's Python API cannot take is convert
 
 ``execute_batch`` is synchronous: Conch's runner calls it on the instance's own thread, or right on
 the event loop when recent runs were shorter than a thread hop (the core's ``inline_max_us``).
+
+Numpy feeds go straight to the session's C++ ``run`` (see :func:`direct_run`): the Python wrapper's
+checks cost more than the run of a small graph. A run that fails there is run again through the
+wrapper, so that errors (and its execution-provider fallback) are the wrapper's own.
 """
 
 from __future__ import annotations
@@ -53,6 +57,7 @@ class OnnxInstance(ModelInstance):
         self.model = config.name
         self._ort = ort
         self._run = session.run
+        self._direct = direct_run(session)
         self._run_options = run_options
         self._bf16 = any(info.datatype == "BF16" for info in [*signature.inputs.values(), *signature.outputs.values()])
         if self._bf16 and any(
@@ -80,6 +85,11 @@ class OnnxInstance(ModelInstance):
         try:
             if self._bf16:
                 results = self._run_ort_values(feed, output_names)
+            elif self._direct is not None and output_names:
+                try:
+                    results = self._direct(output_names, feed, self._run_options)
+                except Exception:  # noqa: BLE001 - the wrapper's checks, errors and fallback decide
+                    results = self._run(output_names, feed, self._run_options)
             else:
                 results = self._run(output_names, feed, self._run_options)
         except ConchError:
@@ -104,6 +114,28 @@ class OnnxInstance(ModelInstance):
     def unload(self) -> None:
         self.session = None
         self._run = None
+        self._direct = None
+
+
+def direct_run(session: Any) -> Callable[..., list[Any]] | None:
+    """The C++ ``run`` under ``session.run``, or None where the wrapper does more than check its arguments.
+
+    ``InferenceSession.run`` checks that no required input is missing and that OrtValue feeds belong to
+    the session, fills in all outputs when none are named, and refuses WebGPU graph capture; then it
+    calls ``session._sess.run``. Feeds here are numpy arrays and outputs are named, so a successful
+    call is the same either way.
+    """
+    inner = getattr(session, "_sess", None)
+    run = getattr(inner, "run", None)
+    if run is None:
+        return None
+    capture = getattr(inner, "is_webgpu_graph_capture_enabled", None)
+    try:
+        if capture is not None and capture():
+            return None
+    except Exception:  # noqa: BLE001 - cannot tell: keep the wrapper
+        return None
+    return run
 
 
 def _input_fixes(config: ModelConfig, signature: GraphSignature, model: str) -> dict[str, Fix]:
