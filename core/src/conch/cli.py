@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from conch import log as conch_log
+from conch.frontends.linger import DEFAULT_LINGER_US
 from conch.gpus import gpu_count
 from conch.metrics import MetricsOptions
 from conch.models import ManagerOptions
@@ -77,6 +78,10 @@ def _serve_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    default=os.environ.get("CONCH_GRPC_TRANSPORT", "conch"),
                    help="gRPC over Conch's own HTTP/2 transport (default) or grpcio's asyncio server "
                         "(default from CONCH_GRPC_TRANSPORT)")
+    p.add_argument("--linger-microseconds", type=int, metavar="US",
+                   default=int(os.environ.get("CONCH_LINGER_MICROSECONDS", DEFAULT_LINGER_US)),
+                   help="after a response to a client in a tight loop, keep polling this long for its next "
+                        "request instead of sleeping (0: never; default from CONCH_LINGER_MICROSECONDS)")
     _add_bool(p, "--grpc-use-ssl", False, "serve gRPC over TLS (with --grpc-server-cert and --grpc-server-key)")
     _add_bool(p, "--grpc-use-ssl-mutual", False, "TLS with client certificates checked against --grpc-root-cert")
     p.add_argument("--grpc-server-cert", default="", metavar="PATH", help="PEM certificate (chain) of the server")
@@ -193,6 +198,7 @@ def _serve_options(ns: argparse.Namespace) -> ServerOptions:
         grpc_port=ns.grpc_port,
         grpc_transport=ns.grpc_transport,
         grpc_tls=_grpc_tls(ns),
+        linger_us=max(ns.linger_microseconds, 0),
         exit_on_error=ns.exit_on_error,
         strict_readiness=ns.strict_readiness,
         exit_timeout_secs=ns.exit_timeout_secs,

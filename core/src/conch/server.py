@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from conch.frontends.linger import DEFAULT_LINGER_US
 from conch.metrics import MetricsOptions
 from conch.models import ManagerOptions, ModelManager
 from conch.plugins import Plugins
@@ -63,6 +64,7 @@ class ServerOptions:
     grpc_port: int = 8001
     grpc_transport: str = "conch"
     grpc_tls: GrpcTls | None = None
+    linger_us: int = DEFAULT_LINGER_US
     exit_on_error: bool = True
     strict_readiness: bool = True
     exit_timeout_secs: int = 30
@@ -175,6 +177,7 @@ class Server:
                     opts.grpc_port,
                     credentials=credentials,
                     transport=opts.grpc_transport,
+                    linger_s=opts.linger_us / 1e6,
                 )
             except OSError as exc:
                 raise StartupError(f"failed to start GRPC service: Unavailable - {exc}") from None
@@ -214,7 +217,8 @@ class Server:
         assert self.service is not None
         sock = _bind(opts.http_address, opts.http_port, "HTTP")
         self._http_sockets = [sock]
-        self._http = HTTPServer(create_app(self.service, max_input_size=opts.http_max_input_size), keep_alive_s=75)
+        app = create_app(self.service, max_input_size=opts.http_max_input_size)
+        self._http = HTTPServer(app, keep_alive_s=75, linger_s=opts.linger_us / 1e6)
         await self._http.start(self._http_sockets)
 
     def _print_model_table(self) -> None:

@@ -137,8 +137,11 @@ async def _start_h2(
     health: bool,
     health_poll_interval: float,
     reflection_enabled: bool,
+    linger_s: float,
 ) -> H2GrpcServer:
-    server = H2GrpcServer(max_receive_message_length=MAX_MESSAGE_SIZE, max_send_message_length=MAX_MESSAGE_SIZE)
+    server = H2GrpcServer(
+        max_receive_message_length=MAX_MESSAGE_SIZE, max_send_message_length=MAX_MESSAGE_SIZE, linger_s=linger_s
+    )
     _register(server, service, health, health_poll_interval, reflection_enabled)
     try:
         bound = await server.bind(address, port, reuse_port=reuse_port)
@@ -169,6 +172,7 @@ async def start_grpc_server(
     health_poll_interval: float = 1.0,
     reflection_enabled: bool = True,
     transport: str = "conch",
+    linger_s: float = 0.0,
 ) -> grpc.aio.Server | H2GrpcServer:
     """Start serving ``inference.GRPCInferenceService`` on ``address:port`` and return the started server.
 
@@ -184,6 +188,8 @@ async def start_grpc_server(
     :param reflection_enabled: serve ``grpc.reflection.v1alpha.ServerReflection``.
     :param transport: ``"conch"`` (Conch's own HTTP/2 transport, plain text only) or ``"grpcio"``
         (grpcio's asyncio server, also used whenever ``credentials`` are given).
+    :param linger_s: Conch's transport: how long the loop keeps turning after a response for a client in
+        a tight loop (:mod:`conch.frontends.linger`); 0 never.
     :return: the started server; stop it with ``await server.stop(grace)``.
     :raises GRPCBindError: (an :class:`OSError`, ``errno`` EADDRINUSE) when the port cannot be bound.
     """
@@ -191,7 +197,7 @@ async def start_grpc_server(
         raise ValueError(f"unknown gRPC transport {transport!r}: expected one of {', '.join(TRANSPORTS)}")
     if transport == "conch" and credentials is None:
         return await _start_h2(
-            service, address, port, reuse_port, health, health_poll_interval, reflection_enabled
+            service, address, port, reuse_port, health, health_poll_interval, reflection_enabled, linger_s
         )
     server = grpc.aio.server(
         options=[

@@ -23,6 +23,8 @@ from typing import Any
 import httptools
 from starlette.types import ASGIApp, Message
 
+from conch.frontends.linger import QUICK_S, Linger
+
 log = logging.getLogger("conch.http")
 
 #: Buffered request body beyond which the connection stops reading until the app takes it.
@@ -55,9 +57,10 @@ def _plain(status: int, text: str) -> bytes:
 class HTTPServer:
     """Serves ``app`` on listening sockets: ``await start(sockets)``, later ``await shutdown(timeout)``."""
 
-    def __init__(self, app: ASGIApp, *, keep_alive_s: float = 75.0) -> None:
+    def __init__(self, app: ASGIApp, *, keep_alive_s: float = 75.0, linger_s: float = 0.0) -> None:
         self.app = app
         self.keep_alive_s = keep_alive_s
+        self.linger = Linger(linger_s)
         self.connections: set[_Connection] = set()
         self.tasks: set[asyncio.Task[None]] = set()  # the app calls in progress
         self._servers: list[asyncio.AbstractServer] = []
@@ -83,6 +86,7 @@ class HTTPServer:
     async def shutdown(self, timeout: float | None = None) -> None:
         """Stop accepting, let requests in progress finish (up to ``timeout`` s), then close everything."""
         self._closing = True
+        self.linger.stop()
         if self._sweeper is not None:
             self._sweeper.cancel()
         for server in self._servers:
@@ -117,6 +121,8 @@ class _Connection(asyncio.Protocol):
         self.write_paused = False
         self.writable: asyncio.Future[None] | None = None
         self.idle_since = time.monotonic()
+        self.responded_at = 0.0  # perf_counter of the last response, while idle
+        self.quick = False  # the last request came right after the response before it
         self.local: Any = None
         self.peer: Any = None
 
@@ -130,6 +136,12 @@ class _Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.idle_since = 0.0
+        linger = self.server.linger
+        if linger.active:
+            linger.arrived()
+        if self.responded_at:
+            self.quick = time.perf_counter() - self.responded_at < QUICK_S
+            self.responded_at = 0.0
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -257,6 +269,11 @@ class _Connection(asyncio.Protocol):
             self.exchange.start()
         else:
             self.idle_since = time.monotonic()
+            server = self.server
+            if server.linger.seconds:
+                self.responded_at = time.perf_counter()
+                if self.quick and len(server.tasks) <= 1:  # only this exchange is in flight
+                    server.linger.start()
 
     def shutdown(self) -> None:
         """Close now when idle, else once the response in progress is out."""

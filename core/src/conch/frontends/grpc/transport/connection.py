@@ -11,11 +11,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import time
 from collections import deque
 from typing import TYPE_CHECKING, Protocol
 
 from conch.frontends.grpc.transport import frames as f
 from conch.frontends.grpc.transport.headers import HeaderDecoder, Headers
+from conch.frontends.linger import QUICK_S, Linger
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -72,9 +74,16 @@ class Stream:
 class H2Connection(asyncio.Protocol):
     """The server side of one HTTP/2 connection."""
 
-    def __init__(self, opener: Callable[[H2Connection, Stream, Headers, bool], StreamHandler],
-                 on_closed: Callable[[H2Connection], None]) -> None:
+    def __init__(
+        self,
+        opener: Callable[[H2Connection, Stream, Headers, bool], StreamHandler],
+        on_closed: Callable[[H2Connection], None],
+        linger: Linger | None = None,
+    ) -> None:
         self._opener = opener
+        self._linger = linger
+        self._responded_at = 0.0  # perf_counter of the last response that left this connection idle
+        self._quick = False  # the last stream opened right after such a response
         self._on_closed = on_closed
         self.transport: asyncio.Transport | None = None
         self.peer: str = ""
@@ -292,6 +301,13 @@ class H2Connection(asyncio.Protocol):
         if self.closing or len(self.streams) >= MAX_STREAMS:
             self._write(f.rst_stream(stream_id, f.REFUSED_STREAM))
             return
+        linger = self._linger
+        if linger is not None:
+            if linger.active:
+                linger.arrived()
+            if self._responded_at:
+                self._quick = time.perf_counter() - self._responded_at < QUICK_S
+                self._responded_at = 0.0
         stream = Stream(stream_id, self._peer_stream_window)
         stream.remote_closed = end_stream
         self.streams[stream_id] = stream
@@ -424,6 +440,11 @@ class H2Connection(asyncio.Protocol):
         in one write, not one each)."""
         if not self.streams:
             self.flush()  # nothing else in flight here: nothing to wait for
+            linger = self._linger
+            if linger is not None and linger.seconds:
+                self._responded_at = time.perf_counter()
+                if self._quick:
+                    linger.start()
             return
         if not self._flush_scheduled and not self._receiving:
             self._flush_scheduled = True

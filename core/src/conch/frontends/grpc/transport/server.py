@@ -17,6 +17,7 @@ import grpc
 from conch.frontends.grpc.transport.calls import CallSettings, open_call
 from conch.frontends.grpc.transport.connection import H2Connection, Stream, StreamHandler
 from conch.frontends.grpc.transport.headers import Headers
+from conch.frontends.linger import Linger
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +30,10 @@ class _CallDetails(NamedTuple):
 class H2GrpcServer:
     """Serves registered gRPC methods over HTTP/2 (plain text) on the running event loop."""
 
-    def __init__(self, *, max_receive_message_length: int, max_send_message_length: int) -> None:
+    def __init__(
+        self, *, max_receive_message_length: int, max_send_message_length: int, linger_s: float = 0.0
+    ) -> None:
+        self.linger = Linger(linger_s)
         self._settings = CallSettings(max_receive_message_length, max_send_message_length)
         self._generic: list[grpc.GenericRpcHandler] = []
         self._registered: dict[str, grpc.RpcMethodHandler] = {}
@@ -89,7 +93,7 @@ class H2GrpcServer:
             await server.start_serving()
 
     def _connection(self) -> H2Connection:
-        connection = H2Connection(self._open, self.connections.discard)
+        connection = H2Connection(self._open, self.connections.discard, self.linger)
         self.connections.add(connection)
         return connection
 
@@ -98,6 +102,7 @@ class H2GrpcServer:
 
     async def stop(self, grace: float | None) -> None:
         """Stop listening; calls in flight get ``grace`` seconds (None: none) before they are cancelled."""
+        self.linger.stop()
         for server in self._servers:
             server.close()
         connections = list(self.connections)
