@@ -165,6 +165,12 @@ class ModelVersion:
 
     def _make_scheduler(self) -> Scheduler:
         """The dynamic batcher when the config asks for it; otherwise Triton's default scheduler."""
+        if self.config.HasField("sequence_batching"):
+            log.warning(
+                "model '%s': sequence_batching is not supported yet; its requests are scheduled one by one "
+                "without sequence slots, control inputs (START, END, READY, CORRID) or implicit state",
+                self.name,
+            )
         if self.config.HasField("dynamic_batching") and self.backend is not None:
             from conch.backend import Batching
             from conch.scheduling.dynamic import DynamicBatcher
