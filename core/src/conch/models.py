@@ -143,9 +143,13 @@ class ModelVersion:
         return contexts
 
     async def load(self, model_dir: Path, settings: dict[str, str]) -> None:
-        """Create every instance (in parallel) and start the scheduler."""
+        """Create every instance (in parallel) and start the scheduler (an ensemble has neither instances
+        nor a backend: its scheduler sends each step to the composing model's own)."""
         started = time.monotonic()
-        assert self.backend is not None
+        if self.backend is None:
+            await self._load_ensemble()
+            self.load_seconds = time.monotonic() - started
+            return
         self.labels = await asyncio.to_thread(read_labels, self.config, model_dir)
         self.runners = [InstanceRunner(self.backend, ctx, self.stats) for ctx in self._instance_contexts(model_dir, settings)]
         results = await asyncio.gather(*(runner.create() for runner in self.runners), return_exceptions=True)
@@ -162,6 +166,17 @@ class ModelVersion:
         self.scheduler = self._make_scheduler()
         await self.scheduler.start()
         self.load_seconds = time.monotonic() - started
+
+    async def _load_ensemble(self) -> None:
+        from conch.config.ensemble import check_composing
+        from conch.scheduling.ensemble import EnsemblePlan, EnsembleScheduler
+
+        manager: ModelManager = self.service.models
+        steps = self.config.ensemble_scheduling.step
+        check_composing(self.config, {step.model_name: manager.get(step.model_name, int(step.model_version)).config
+                                      for step in steps})  # fmt: skip
+        self.scheduler = EnsembleScheduler(EnsemblePlan(self.config), manager.get, self.stats)
+        await self.scheduler.start()
 
     def _make_scheduler(self) -> Scheduler:
         """The dynamic batcher when the config asks for it; otherwise Triton's default scheduler."""
@@ -222,6 +237,7 @@ class ModelManager:
         self.service: Any = None  # set by the InferenceService built over this manager
         self._load_slots = asyncio.Semaphore(max(1, options.load_thread_count))
         self._pending: dict[str, tuple[tuple[Any, ...], asyncio.Future[LoadFailed | None]]] = {}
+        self._ensembles: dict[str, set[str]] = {}  # ensemble name -> the models its steps call
 
     # -- start-up and shutdown ----------------------------------------------------------------
 
@@ -313,8 +329,6 @@ class ModelManager:
                 gpu_count=self.options.gpu_count,
                 override=override,
             )
-            if backend is None:
-                raise ConchError(f"ensemble models are not supported yet (model '{name}')", ErrorCode.UNSUPPORTED)
         except Exception as exc:  # noqa: BLE001 - a bad model is UNAVAILABLE, never fatal to others
             if folder is not None:
                 folder.remove()
@@ -333,8 +347,18 @@ class ModelManager:
                 entry.state, entry.reason = ModelState.UNAVAILABLE, exc.message
             log.error("failed to load model '%s': %s", name, exc.message)
             return LoadFailed(f"load failed for model '{name}': {exc.message}", ErrorCode.INVALID_ARG)
+        if backend is None:
+            try:
+                await self._composing_models_ready(name, config)
+            except ConchError as exc:
+                if folder is not None:
+                    folder.remove()
+                if not had_versions:
+                    entry.state, entry.reason = ModelState.UNAVAILABLE, exc.message
+                log.error("failed to load '%s': %s", name, exc.message)
+                return LoadFailed(f"load failed for model '{name}': {exc.message}", ErrorCode.INVALID_ARG)
         entry.state, entry.reason = ModelState.UNKNOWN, ""
-        settings = self._settings_for(backend)
+        settings = self._settings_for(backend) if backend is not None else {}
         old = dict(entry.versions)
         failures: list[str] = []
         for version in selected:
@@ -351,12 +375,83 @@ class ModelManager:
             return LoadFailed(f"load failed for model '{name}': " + "; ".join(failures), ErrorCode.INVALID_ARG)
         return None
 
+    async def _composing_models_ready(self, name: str, config: ModelConfig) -> None:
+        """Wait for (or load) the models an ensemble's steps call; Triton's errors when one cannot serve.
+
+        Runs inside the ensemble's load slot, which it gives up while waiting so that the composing
+        models' own loads are never starved by the ensembles waiting for them.
+        """
+        steps = config.ensemble_scheduling.step
+        self._ensembles[name] = {step.model_name for step in steps}
+        cycle = self._cycle_through(name)
+        if cycle:
+            raise ConchError("circular dependency between ensembles: " + " -> ".join(cycle), ErrorCode.INVALID_ARG)
+        self._load_slots.release()
+        try:
+            for dependency in sorted(self._ensembles[name]):
+                await self._composing_model_ready(name, dependency)
+        finally:
+            await self._load_slots.acquire()
+        for step in steps:
+            version = int(step.model_version)
+            if version != -1 and version not in self.entries[step.model_name].ready_versions():
+                raise ConchError(
+                    f"ensemble '{name}' depends on '{step.model_name}' whose required version {version} is not loaded.",
+                    ErrorCode.INVALID_ARG,
+                )
+
+    async def _composing_model_ready(self, ensemble: str, name: str) -> None:
+        pending = self._pending.get(name)
+        if pending is not None:
+            await asyncio.shield(pending[1])
+        entry = self.entries.get(name)
+        if (entry is None or (not entry.versions and entry.location is None)) and (
+            await asyncio.to_thread(self.repository.find, name) is None
+        ):
+            raise ConchError(
+                f"ensemble {ensemble} contains models that are not available or ambiguous: {name}", ErrorCode.INVALID_ARG
+            )
+        never_tried = entry is None or (entry.state is ModelState.UNKNOWN and not entry.versions)
+        if pending is None and (never_tried or self.options.control_mode == "explicit") and (
+            entry is None or not entry.ready_versions()
+        ):
+            await self.load(name)
+            entry = self.entries.get(name)
+        if entry is None or not entry.ready_versions():
+            reasons = [mv.reason for mv in entry.versions.values() if mv.reason] if entry else []
+            reasons = reasons or [(entry.reason if entry else "") or "not loaded"]
+            raise ConchError(
+                f"ensemble '{ensemble}' depends on '{name}' which has no loaded version. Model '{name}' loading "
+                f"failed with error: {reasons[0]}",
+                ErrorCode.INVALID_ARG,
+            )
+
+    def _cycle_through(self, name: str) -> list[str]:
+        """A chain of ensembles that leads from ``name`` back to itself, if any ([] when none)."""
+        path = [name]
+
+        def walk(current: str, seen: set[str]) -> bool:
+            for dependency in sorted(self._ensembles.get(current, ())):
+                if dependency == name:
+                    path.append(name)
+                    return True
+                if dependency in seen:
+                    continue
+                seen.add(dependency)
+                path.append(dependency)
+                if walk(dependency, seen):
+                    return True
+                path.pop()
+            return False
+
+        return path if walk(name, {name}) else []
+
     async def _load_version(
         self,
         entry: ModelEntry,
         version: int,
         config: ModelConfig,
-        backend: Backend,
+        backend: Backend | None,
         model_dir: Path,
         settings: dict[str, str],
         folder: OverrideFolder | None,
@@ -438,6 +533,9 @@ class ModelManager:
                 f"failed to unload '{name}', Model to be unloaded has not been served", ErrorCode.INVALID_ARG
             )
         await self.unload(name)
+        if unload_dependents:
+            dependents = [e for e, models in self._ensembles.items() if name in models and e != name]
+            await asyncio.gather(*(self.unload(ensemble) for ensemble in dependents))
 
     def _check_api_allowed(self) -> None:
         if self.options.control_mode != "explicit":
