@@ -354,16 +354,3 @@ def test_auto_complete_from_a_backend_and_disabling_it(tmp_path: Path) -> None:
         finally:
             srv.stop()
 
-
-def test_sequence_batching_model_serves_with_a_warning_that_names_what_is_missing(tmp_path: Path) -> None:
-    repo = tmp_path / "repo"
-    write_model(repo, "seq", identity_config("seq", extra="sequence_batching { }"))
-    srv = start_server([repo], tmp_path)
-    try:
-        out = _infer_fp32(srv.http_url, "seq", np.ones((1, 3), np.float32))
-        assert out.tolist() == [[1.0, 1.0, 1.0]]
-        log = srv.log()
-        assert "model 'seq': sequence_batching is not supported yet" in log
-        assert "control inputs (START, END, READY, CORRID)" in log
-    finally:
-        assert srv.stop() == 0

@@ -179,13 +179,16 @@ class ModelVersion:
         await self.scheduler.start()
 
     def _make_scheduler(self) -> Scheduler:
-        """The dynamic batcher when the config asks for it; otherwise Triton's default scheduler."""
+        """The sequence or dynamic batcher when the config asks for one; otherwise Triton's default scheduler."""
         if self.config.HasField("sequence_batching"):
-            log.warning(
-                "model '%s': sequence_batching is not supported yet; its requests are scheduled one by one "
-                "without sequence slots, control inputs (START, END, READY, CORRID) or implicit state",
-                self.name,
-            )
+            from conch.scheduling.sequence import SequenceBatcher
+
+            if self.config.sequence_batching.state:
+                log.warning(
+                    "model '%s': implicit state (sequence_batching.state) is not supported yet; the model gets "
+                    "no state tensors", self.name,
+                )  # fmt: skip
+            return SequenceBatcher(self.runners, self.config)
         if self.config.HasField("dynamic_batching") and self.backend is not None:
             from conch.backend import Batching
             from conch.scheduling.dynamic import DynamicBatcher

@@ -1,0 +1,266 @@
+"""Triton's sequence batcher: every request of a sequence (one correlation ID) goes to the same instance,
+in order, with the control tensors the config asks for.
+
+A sequence takes a slot of one instance with its START request and keeps it until its END request has
+run, or until it has been idle for ``max_sequence_idle_microseconds`` (default 1 s). Sequences beyond
+the free slots wait in a backlog, in arrival order. Each instance forms batches of at most one request
+per sequence bound to it (oldest first), so the requests of a sequence never overtake each other.
+Slots per instance: ``max_batch_size`` (at least 1) with the ``direct`` strategy, and
+``max_candidate_sequences`` shared out among the instances with ``oldest``. Unlike Triton's ``direct``
+strategy, batches are not padded with READY=0 requests for empty slots.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from conch._proto.model_config_pb2 import ModelSequenceBatching
+from conch.errors import ConchError, ErrorCode
+from conch.inference import InferenceRequest, InferInput
+from conch.scheduling.base import Scheduler
+from conch.scheduling.runner import InstanceRunner
+from conch.tensors import config_to_protocol, datatype
+
+if TYPE_CHECKING:
+    from conch._proto.model_config_pb2 import ModelConfig
+
+log = logging.getLogger("conch.scheduling")
+
+DEFAULT_IDLE_US = 1_000_000
+_Control = ModelSequenceBatching.Control
+
+
+@dataclass(frozen=True, slots=True)
+class ControlInput:
+    """A tensor the batcher adds to each request: START, END, READY (false/true values) or CORRID."""
+
+    name: str
+    kind: int
+    datatype: str
+    false_true: tuple[Any, Any] = (0, 1)
+
+
+def control_inputs(config: ModelConfig) -> list[ControlInput]:
+    """The control tensors of ``sequence_batching.control_input``, in config order."""
+    controls: list[ControlInput] = []
+    for control_input in config.sequence_batching.control_input:
+        for control in control_input.control:
+            name, kind = control_input.name, int(control.kind)
+            if kind == _Control.CONTROL_SEQUENCE_CORRID:
+                controls.append(ControlInput(name, kind, config_to_protocol(control.data_type)))
+            elif control.int32_false_true:
+                controls.append(ControlInput(name, kind, "INT32", tuple(control.int32_false_true)))
+            elif control.fp32_false_true:
+                controls.append(ControlInput(name, kind, "FP32", tuple(control.fp32_false_true)))
+            else:
+                values = tuple(control.bool_false_true) or (False, True)
+                controls.append(ControlInput(name, kind, "BOOL", values))
+    return controls
+
+
+@dataclass(eq=False)
+class _Sequence:
+    correlation_id: int | str
+    requests: deque[InferenceRequest] = field(default_factory=deque)
+    lane: _Lane | None = None
+    last_ns: int = field(default_factory=time.monotonic_ns)
+    running: bool = False
+
+
+@dataclass(eq=False)
+class _Lane:
+    """One instance, its slots and the sequences bound to it."""
+
+    runner: InstanceRunner
+    slots: int
+    sequences: list[_Sequence] = field(default_factory=list)
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+def _flag(request: InferenceRequest, name: str) -> bool:
+    return bool(request.parameters.get(name))
+
+
+class SequenceBatcher(Scheduler):
+    """Sequence slots, backlog and per-instance dispatch for one model version."""
+
+    def __init__(self, runners: list[InstanceRunner], config: ModelConfig) -> None:
+        sequencing = config.sequence_batching
+        self.model = config.name
+        self.batch_dim = config.max_batch_size > 0
+        self.max_batch = max(int(config.max_batch_size), 1)
+        self.idle_ns = int(sequencing.max_sequence_idle_microseconds or DEFAULT_IDLE_US) * 1000
+        self.controls = control_inputs(config)
+        if sequencing.WhichOneof("strategy_choice") == "oldest":
+            candidates = max(int(sequencing.oldest.max_candidate_sequences), 1)
+            per_lane = [candidates // len(runners) + (i < candidates % len(runners)) for i in range(len(runners))]
+        else:
+            per_lane = [self.max_batch] * len(runners)
+        self.lanes = [_Lane(runner, max(slots, 1)) for runner, slots in zip(runners, per_lane, strict=True)]
+        self.active: dict[int | str, _Sequence] = {}
+        self.backlog: deque[_Sequence] = deque()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._accepting = False
+
+    @property
+    def pending(self) -> int:
+        return sum(len(s.requests) for s in self.active.values()) + sum(len(s.requests) for s in self.backlog)
+
+    # -- requests ------------------------------------------------------------------------------------
+
+    def enqueue(self, request: InferenceRequest) -> None:
+        if not self._accepting:
+            raise ConchError("model is not accepting requests", ErrorCode.UNAVAILABLE)
+        if request.batch_size > 1:
+            raise ConchError(
+                f"inference request to model '{self.model}' must specify batch-size 1 due to requirements of "
+                "sequence batcher",
+                ErrorCode.INVALID_ARG,
+            )
+        correlation_id = request.parameters.get("sequence_id", 0)
+        if not correlation_id:
+            raise ConchError(
+                f"inference request to model '{self.model}' must specify a non-zero or non-empty correlation ID",
+                ErrorCode.INVALID_ARG,
+            )
+        sequence = self.active.get(correlation_id) or next(
+            (s for s in self.backlog if s.correlation_id == correlation_id), None
+        )
+        if sequence is None:
+            if not _flag(request, "sequence_start"):
+                raise ConchError(
+                    f"inference request for sequence {correlation_id} to model '{self.model}' must specify the "
+                    "START flag on the first request of the sequence",
+                    ErrorCode.INVALID_ARG,
+                )
+            sequence = _Sequence(correlation_id)
+            self._admit(sequence)
+        sequence.requests.append(request)
+        sequence.last_ns = time.monotonic_ns()
+        if sequence.lane is not None:
+            sequence.lane.wake.set()
+
+    def _admit(self, sequence: _Sequence) -> None:
+        """Give ``sequence`` a slot on the least loaded instance with one free, else put it in the backlog."""
+        free = [lane for lane in self.lanes if len(lane.sequences) < lane.slots]
+        if not free:
+            self.backlog.append(sequence)
+            return
+        lane = min(free, key=lambda candidate: len(candidate.sequences))
+        sequence.lane = lane
+        lane.sequences.append(sequence)
+        self.active[sequence.correlation_id] = sequence
+        lane.wake.set()
+
+    def _release(self, sequence: _Sequence) -> None:
+        """Free the sequence's slot; the oldest sequence of the backlog takes it."""
+        lane = sequence.lane
+        if lane is None:
+            return
+        lane.sequences.remove(sequence)
+        if self.active.get(sequence.correlation_id) is sequence:
+            del self.active[sequence.correlation_id]
+        sequence.lane = None
+        if self.backlog:
+            self._admit(self.backlog.popleft())
+
+    # -- dispatch ------------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._accepting = True
+        self._tasks = [asyncio.create_task(self._work(lane)) for lane in self.lanes]
+        self._tasks.append(asyncio.create_task(self._reap()))
+
+    async def _work(self, lane: _Lane) -> None:
+        while True:
+            batch: list[InferenceRequest] = []
+            members: list[_Sequence] = []
+            ended: list[_Sequence] = []
+            for sequence in sorted(lane.sequences, key=lambda s: s.requests[0].arrival_ns if s.requests else 0):
+                while sequence.requests and len(batch) < self.max_batch:
+                    request = sequence.requests.popleft()
+                    if request.stream is not None and request.stream.cancelled:
+                        continue  # dropped: its client went away
+                    self._add_controls(request, sequence.correlation_id)
+                    batch.append(request)
+                    members.append(sequence)
+                    if _flag(request, "sequence_end"):
+                        ended.append(sequence)
+                    break  # one request per sequence per batch: its next one waits for this one
+            if not batch:
+                if not self._accepting and not any(s.requests for s in lane.sequences):
+                    return
+                lane.wake.clear()
+                await lane.wake.wait()
+                continue
+            for sequence in members:
+                sequence.running = True
+            try:
+                await lane.runner.run(batch)
+            finally:
+                now = time.monotonic_ns()
+                for sequence in members:
+                    sequence.running = False
+                    sequence.last_ns = now
+                for sequence in ended:
+                    if not sequence.requests and sequence.lane is lane:
+                        self._release(sequence)
+
+    def _add_controls(self, request: InferenceRequest, correlation_id: int | str) -> None:
+        shape = [1, 1] if self.batch_dim else [1]
+        for control in self.controls:
+            if control.kind == _Control.CONTROL_SEQUENCE_CORRID:
+                value: Any = correlation_id
+            else:
+                if control.kind == _Control.CONTROL_SEQUENCE_START:
+                    flag = _flag(request, "sequence_start")
+                elif control.kind == _Control.CONTROL_SEQUENCE_END:
+                    flag = _flag(request, "sequence_end")
+                else:
+                    flag = control.kind == _Control.CONTROL_SEQUENCE_READY
+                value = control.false_true[1] if flag else control.false_true[0]
+            dtype = datatype(control.datatype).numpy
+            if control.datatype == "BYTES":
+                array = np.array([str(value).encode()], dtype=object).reshape(shape)
+            else:
+                array = np.array([value], dtype=dtype).reshape(shape)
+            request.inputs[control.name] = InferInput(control.name, control.datatype, shape, array)
+
+    async def _reap(self) -> None:
+        """End sequences idle for longer than ``max_sequence_idle_microseconds``; their slots go to the backlog."""
+        period = min(max(self.idle_ns / 4e9, 0.01), 1.0)
+        while True:
+            await asyncio.sleep(period)
+            now = time.monotonic_ns()
+            for sequence in list(self.active.values()):
+                if not sequence.requests and not sequence.running and now - sequence.last_ns > self.idle_ns:
+                    log.warning(
+                        "sequence %s of model '%s' was idle for more than %d us: its slot is released",
+                        sequence.correlation_id, self.model, self.idle_ns // 1000,
+                    )  # fmt: skip
+                    self._release(sequence)
+
+    async def stop(self) -> None:
+        """Let every queued request run, then end the workers."""
+        self._accepting = False
+        for lane in self.lanes:
+            lane.wake.set()
+        workers, reaper = self._tasks[:-1], self._tasks[-1:]
+        for sequence in list(self.backlog):  # sequences that never got a slot cannot run now
+            for request in sequence.requests:
+                request.fail("model is being unloaded", ErrorCode.UNAVAILABLE)
+        self.backlog.clear()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.gather(*workers)
+        for task in reaper:
+            task.cancel()
+        self._tasks = []
+

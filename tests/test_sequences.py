@@ -1,0 +1,160 @@
+"""The sequence batcher end to end: a Triton Python model that keeps a running sum per sequence,
+driven by tritonclient over HTTP and gRPC with ``sequence_id``, ``sequence_start`` and ``sequence_end``."""
+
+from __future__ import annotations
+
+import textwrap
+import threading
+import time
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
+from tritonclient.utils import InferenceServerException
+
+from serverkit import RunningServer, start_server, write_model
+
+ACCUMULATE = textwrap.dedent(
+    """
+    import numpy as np
+    import triton_python_backend_utils as pb_utils
+
+    class TritonPythonModel:
+        def initialize(self, args):
+            self.sums = {}
+
+        def execute(self, requests):
+            responses = []
+            for request in requests:
+                value = int(pb_utils.get_input_tensor_by_name(request, "INPUT").as_numpy().flat[0])
+                start = int(pb_utils.get_input_tensor_by_name(request, "START").as_numpy().flat[0])
+                end = int(pb_utils.get_input_tensor_by_name(request, "END").as_numpy().flat[0])
+                ready = int(pb_utils.get_input_tensor_by_name(request, "READY").as_numpy().flat[0])
+                corrid = int(pb_utils.get_input_tensor_by_name(request, "CORRID").as_numpy().flat[0])
+                if ready != 1 or corrid != request.correlation_id():
+                    raise pb_utils.TritonModelException(f"bad controls: ready={ready} corrid={corrid}")
+                if start:
+                    self.sums[corrid] = 0
+                self.sums[corrid] += value
+                total = self.sums[corrid]
+                if end:
+                    del self.sums[corrid]
+                shape = pb_utils.get_input_tensor_by_name(request, "INPUT").as_numpy().shape
+                responses.append(pb_utils.InferenceResponse([
+                    pb_utils.Tensor("OUTPUT", np.full(shape, total, np.int32)),
+                    pb_utils.Tensor("ENDED", np.full(shape, end, np.int32)),
+                ]))
+            return responses
+    """
+)
+
+
+def _config(name: str, max_batch_size: int, idle_us: int = 1_000_000) -> str:
+    controls = (
+        '{ name: "START" control [ { kind: CONTROL_SEQUENCE_START int32_false_true: [ 0, 1 ] } ] }, '
+        '{ name: "END" control [ { kind: CONTROL_SEQUENCE_END int32_false_true: [ 0, 1 ] } ] }, '
+        '{ name: "READY" control [ { kind: CONTROL_SEQUENCE_READY int32_false_true: [ 0, 1 ] } ] }, '
+        '{ name: "CORRID" control [ { kind: CONTROL_SEQUENCE_CORRID data_type: TYPE_UINT64 } ] }'
+    )
+    return (
+        f'name: "{name}"\nbackend: "python"\nmax_batch_size: {max_batch_size}\n'
+        'input [ { name: "INPUT" data_type: TYPE_INT32 dims: [ 1 ] } ]\n'
+        'output [ { name: "OUTPUT" data_type: TYPE_INT32 dims: [ 1 ] }, { name: "ENDED" data_type: TYPE_INT32 dims: [ 1 ] } ]\n'
+        f"sequence_batching {{ max_sequence_idle_microseconds: {idle_us} control_input [ {controls} ] }}\n"
+        "instance_group [ { count: 1 kind: KIND_CPU } ]\n"
+    )
+
+
+@pytest.fixture(scope="module")
+def sequence_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    repo = tmp_path_factory.mktemp("sequences")
+    write_model(repo, "acc", _config("acc", 4), files={"1/model.py": ACCUMULATE})
+    write_model(repo, "acc_one_slot", _config("acc_one_slot", 1), files={"1/model.py": ACCUMULATE})
+    write_model(repo, "acc_idle", _config("acc_idle", 4, idle_us=200_000), files={"1/model.py": ACCUMULATE})
+    write_model(repo, "acc_nobatch", _config("acc_nobatch", 0).replace("dims: [ 1 ]", "dims: [ 1 ]"),
+                files={"1/model.py": ACCUMULATE})  # fmt: skip
+    server = start_server([repo], tmp_path_factory.mktemp("sequence_server"))
+    yield server
+    assert server.stop() == 0
+
+
+def _client(server: RunningServer, protocol: str) -> tuple[object, object]:
+    if protocol == "http":
+        return httpclient, httpclient.InferenceServerClient(server.http_url)
+    return grpcclient, grpcclient.InferenceServerClient(server.grpc_url)
+
+
+def _send(module: object, client: object, model: str, value: int, batch: bool = True, **sequence: object) -> int:
+    data = np.array([[value]] if batch else [value], dtype=np.int32)
+    tensor = module.InferInput("INPUT", list(data.shape), "INT32")  # type: ignore[attr-defined]
+    tensor.set_data_from_numpy(data)
+    result = client.infer(model, [tensor], **sequence)  # type: ignore[attr-defined]
+    return int(result.as_numpy("OUTPUT").flat[0])
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_interleaved_sequences_keep_their_own_state(sequence_server: RunningServer, protocol: str) -> None:
+    module, client = _client(sequence_server, protocol)
+    a, b = (101, 102) if protocol == "http" else (201, 202)
+    assert _send(module, client, "acc", 1, sequence_id=a, sequence_start=True) == 1
+    assert _send(module, client, "acc", 10, sequence_id=b, sequence_start=True) == 10
+    assert _send(module, client, "acc", 2, sequence_id=a) == 3
+    assert _send(module, client, "acc", 20, sequence_id=b) == 30
+    assert _send(module, client, "acc", 3, sequence_id=a, sequence_end=True) == 6
+    assert _send(module, client, "acc", 30, sequence_id=b, sequence_end=True) == 60
+
+
+def test_non_batching_model_gets_controls_of_shape_1(sequence_server: RunningServer) -> None:
+    module, client = _client(sequence_server, "grpc")
+    assert _send(module, client, "acc_nobatch", 4, batch=False, sequence_id=7, sequence_start=True) == 4
+    assert _send(module, client, "acc_nobatch", 5, batch=False, sequence_id=7, sequence_end=True) == 9
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_requests_the_sequence_batcher_refuses(sequence_server: RunningServer, protocol: str) -> None:
+    module, client = _client(sequence_server, protocol)
+    with pytest.raises(InferenceServerException, match="inference request to model 'acc' must specify a non-zero or "
+                                                      "non-empty correlation ID"):  # fmt: skip
+        _send(module, client, "acc", 1)
+    with pytest.raises(InferenceServerException, match="inference request for sequence 999 to model 'acc' must "
+                                                      "specify the START flag on the first request of the sequence"):  # fmt: skip
+        _send(module, client, "acc", 1, sequence_id=999)
+    data = np.ones((2, 1), np.int32)
+    tensor = module.InferInput("INPUT", [2, 1], "INT32")  # type: ignore[attr-defined]
+    tensor.set_data_from_numpy(data)
+    with pytest.raises(InferenceServerException, match="must specify batch-size 1 due to requirements of sequence "
+                                                      "batcher"):  # fmt: skip
+        client.infer("acc", [tensor], sequence_id=5, sequence_start=True)  # type: ignore[attr-defined]
+
+
+def test_a_sequence_is_gone_after_its_end_and_after_idling(sequence_server: RunningServer) -> None:
+    module, client = _client(sequence_server, "grpc")
+    assert _send(module, client, "acc", 1, sequence_id=301, sequence_start=True) == 1
+    assert _send(module, client, "acc", 1, sequence_id=301, sequence_end=True) == 2
+    with pytest.raises(InferenceServerException, match="must specify the START flag"):
+        _send(module, client, "acc", 1, sequence_id=301)
+    assert _send(module, client, "acc_idle", 5, sequence_id=302, sequence_start=True) == 5
+    time.sleep(0.8)  # idle limit 200 ms
+    with pytest.raises(InferenceServerException, match="must specify the START flag"):
+        _send(module, client, "acc_idle", 1, sequence_id=302)
+
+
+def test_a_sequence_without_a_free_slot_waits_in_the_backlog(sequence_server: RunningServer) -> None:
+    module, client = _client(sequence_server, "grpc")
+    assert _send(module, client, "acc_one_slot", 1, sequence_id=401, sequence_start=True) == 1
+    answers: list[int] = []
+
+    def second() -> None:
+        _, own = _client(sequence_server, "grpc")
+        answers.append(_send(module, own, "acc_one_slot", 7, sequence_id=402, sequence_start=True))
+
+    thread = threading.Thread(target=second)
+    thread.start()
+    time.sleep(0.4)
+    assert answers == []  # the only slot belongs to sequence 401
+    assert _send(module, client, "acc_one_slot", 1, sequence_id=401, sequence_end=True) == 2
+    thread.join(10)
+    assert answers == [7]
+    assert _send(module, client, "acc_one_slot", 1, sequence_id=402, sequence_end=True) == 8
