@@ -6,6 +6,7 @@ identity backend on the difference, each a model of its own with its own schedul
 
 from __future__ import annotations
 
+import queue
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
@@ -56,6 +57,23 @@ DOUBLE = textwrap.dedent(
 )
 
 
+REPEAT = textwrap.dedent(
+    """
+    import numpy as np
+    import triton_python_backend_utils as pb_utils
+
+    class TritonPythonModel:
+        def execute(self, requests):
+            for request in requests:
+                x = pb_utils.get_input_tensor_by_name(request, "INPUT0").as_numpy()
+                sender = request.get_response_sender()
+                for i in range(int(x.flat[0])):
+                    sender.send(pb_utils.InferenceResponse([pb_utils.Tensor("OUTPUT0", x + i)]))
+                sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+            return None
+    """
+)
+
 def _python_config(name: str, inputs: int, outputs: int) -> str:
     ins = ", ".join(f'{{ name: "INPUT{i}" data_type: TYPE_FP32 dims: [ 16 ] }}' for i in range(inputs))
     outs = ", ".join(f'{{ name: "OUTPUT{i}" data_type: TYPE_FP32 dims: [ 16 ] }}' for i in range(outputs))
@@ -85,10 +103,25 @@ PIPELINE_STEPS = [
 ]
 
 
+#: preprocessing (add_sub) -> a decoupled model answering N times -> postprocessing (double) per answer
+STREAM_STEPS = [
+    _step("add_sub", {"INPUT0": "IN0", "INPUT1": "IN1"}, {"OUTPUT0": "sum"}),
+    _step("repeat", {"INPUT0": "sum"}, {"OUTPUT0": "counted"}),
+    _step("double", {"INPUT0": "counted"}, {"OUTPUT0": "OUT"}),
+]
+#: a step that reads both an ensemble input and a decoupled step's output: refused, as in Triton
+MIXED_STEPS = [
+    _step("repeat", {"INPUT0": "IN0"}, {"OUTPUT0": "counted"}),
+    _step("add_sub", {"INPUT0": "counted", "INPUT1": "IN1"}, {"OUTPUT0": "OUT"}),
+]
+
+
 def _write_composing(repo: Path) -> None:
     write_model(repo, "add_sub", _python_config("add_sub", 2, 2), files={"1/model.py": ADD_SUB})
     write_model(repo, "double", _python_config("double", 1, 1), files={"1/model.py": DOUBLE})
     write_model(repo, "identity16", identity_config("identity16", dims="[ 16 ]"))
+    write_model(repo, "repeat", _python_config("repeat", 1, 1) + "model_transaction_policy { decoupled: true }\n",
+                files={"1/model.py": REPEAT})  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -105,6 +138,8 @@ def ensemble_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runnin
                                             ["IN0"], ["OUT"], datatype="TYPE_INT32"))  # fmt: skip
     write_model(repo, "bad_version", _ensemble("bad_version", [_step("identity16", {"INPUT0": "IN0"}, {"OUTPUT0": "OUT"},
                                                                      version=7)], ["IN0"], ["OUT"]))  # fmt: skip
+    write_model(repo, "streamer", _ensemble("streamer", STREAM_STEPS, ["IN0", "IN1"], ["OUT"]))
+    write_model(repo, "mixed", _ensemble("mixed", MIXED_STEPS, ["IN0", "IN1"], ["OUT"]))
     write_model(repo, "ring_a", _ensemble("ring_a", [_step("ring_b", {"IN0": "IN0"}, {"OUT": "OUT"})], ["IN0"], ["OUT"]))
     write_model(repo, "ring_b", _ensemble("ring_b", [_step("ring_a", {"IN0": "IN0"}, {"OUT": "OUT"})], ["IN0"], ["OUT"]))
     server = start_server([repo], tmp_path_factory.mktemp("ensemble_server"), "--exit-on-error=false",
@@ -197,6 +232,7 @@ def test_bad_ensembles_are_unavailable_with_tritons_reasons(ensemble_server: Run
         "bad_type": "in ensemble bad_type, ensemble tensor IN0: inconsistent data type: TYPE_INT32 is inferred from "
         "model bad_type while TYPE_FP32 is inferred from model identity16",
         "bad_version": "ensemble 'bad_version' depends on 'identity16' whose required version 7 is not loaded.",
+        "mixed": "in ensemble mixed, step of model 'add_sub' receives inputs originated from different decoupled models",
     }
     for name, reason in expected.items():
         assert index[name]["state"] == "UNAVAILABLE", index[name]
@@ -230,3 +266,35 @@ def test_explicit_mode_loads_composing_models_and_unload_dependents(tmp_path: Pa
         assert requests.get(f"{base}/v2/models/add_sub/ready").status_code == 200
     finally:
         assert server.stop() == 0
+
+
+def test_a_decoupled_step_streams_each_answer_through_the_steps_after_it(ensemble_server: RunningServer) -> None:
+    config = requests.get(f"{ensemble_server.base}/v2/models/streamer/config").json()
+    assert config["model_transaction_policy"]["decoupled"] is True
+    client = grpcclient.InferenceServerClient(ensemble_server.grpc_url)
+    results: queue.Queue[tuple[object, object]] = queue.Queue()
+    client.start_stream(callback=lambda result, error: results.put((result, error)))
+    try:
+        a = np.full((1, 16), 2, np.float32)
+        b = np.full((1, 16), 1, np.float32)  # sum 3: the decoupled step answers 3 times
+        client.async_stream_infer("streamer", _inputs(grpcclient, a, b), request_id="s1",
+                                  enable_empty_final_response=True)  # fmt: skip
+        outs = []
+        while True:
+            result, error = results.get(timeout=10)
+            assert error is None, error
+            response = result.get_response()  # type: ignore[attr-defined]
+            if response.parameters["triton_final_response"].bool_param and not response.outputs:
+                break
+            outs.append(float(result.as_numpy("OUT").flat[0]))  # type: ignore[attr-defined]
+            assert response.id == "s1"
+        assert outs == [6.0, 8.0, 10.0]  # (3 + i) * 2 for i = 0, 1, 2, in order
+    finally:
+        client.stop_stream()
+
+
+def test_http_refuses_a_decoupled_ensemble(ensemble_server: RunningServer) -> None:
+    client = httpclient.InferenceServerClient(ensemble_server.http_url)
+    ones = np.ones((1, 16), np.float32)
+    with pytest.raises(InferenceServerException, match="doesn't support models with decoupled transaction policy"):
+        client.infer("streamer", _inputs(httpclient, ones, ones))

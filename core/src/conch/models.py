@@ -172,10 +172,13 @@ class ModelVersion:
         from conch.scheduling.ensemble import EnsemblePlan, EnsembleScheduler
 
         manager: ModelManager = self.service.models
-        steps = self.config.ensemble_scheduling.step
-        check_composing(self.config, {step.model_name: manager.get(step.model_name, int(step.model_version)).config
-                                      for step in steps})  # fmt: skip
-        self.scheduler = EnsembleScheduler(EnsemblePlan(self.config), manager.get, self.stats)
+        composing = {step.model_name: manager.get(step.model_name, int(step.model_version)).config
+                     for step in self.config.ensemble_scheduling.step}  # fmt: skip
+        if check_composing(self.config, composing):
+            self.decoupled = True  # as Triton, an ensemble with a decoupled step is decoupled itself
+            self.config.model_transaction_policy.decoupled = True
+        decoupled_models = {name for name, config in composing.items() if config.model_transaction_policy.decoupled}
+        self.scheduler = EnsembleScheduler(EnsemblePlan(self.config, decoupled_models), manager.get, self.stats)
         await self.scheduler.start()
 
     def _make_scheduler(self) -> Scheduler:

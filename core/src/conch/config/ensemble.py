@@ -55,8 +55,9 @@ def _consistent(first: _Seen, other: _Seen, prefix: str) -> None:
         )
 
 
-def check_composing(config: ModelConfig, composing: Mapping[str, ModelConfig]) -> None:
-    """Raise ConchError (INVALID_ARG, Triton's text) when a step does not fit its model's config.
+def check_composing(config: ModelConfig, composing: Mapping[str, ModelConfig]) -> bool:
+    """Raise ConchError (INVALID_ARG, Triton's text) when a step does not fit its model's config; return
+    whether the ensemble is decoupled (a step's model is).
 
     ``composing`` holds the config of every step's model, by name.
     """
@@ -74,12 +75,6 @@ def check_composing(config: ModelConfig, composing: Mapping[str, ModelConfig]) -
                 f"ensemble {name} allows maximum batch size {config.max_batch_size}, but it contains model "
                 f"{step_name} which only allows maximum batch size to be {model.max_batch_size}",
                 ErrorCode.INVALID_ARG,
-            )
-        if model.model_transaction_policy.decoupled:
-            raise ConchError(
-                f"in ensemble {name}, step model '{step_name}' is decoupled: ensembles with decoupled steps are "
-                "not supported yet",
-                ErrorCode.UNSUPPORTED,
             )
         step_batching = model.max_batch_size > 0
         inputs = {inp.name: inp for inp in model.input}
@@ -110,6 +105,35 @@ def check_composing(config: ModelConfig, composing: Mapping[str, ModelConfig]) -
                     ErrorCode.INVALID_ARG,
                 )
             _record(tensors, tensor, _seen(step_name, step_batching, out.data_type, out.dims), name)
+    return _decoupled_flow(config, composing)
+
+
+def _decoupled_flow(config: ModelConfig, composing: Mapping[str, ModelConfig]) -> bool:
+    """Label each ensemble tensor with the decoupled step it comes from (0: none); a step may not read
+    tensors of different labels. True when some step is decoupled."""
+    labels = {inp.name: 0 for inp in config.input}
+    last = 0
+    pending = list(config.ensemble_scheduling.step)
+    while pending:
+        ready = [step for step in pending if all(t in labels for t in step.input_map.values())]
+        if not ready:
+            break  # not connected: the structural validation reports it
+        for step in ready:
+            pending.remove(step)
+            seen = {labels[t] for t in step.input_map.values()}
+            if len(seen) > 1:
+                raise ConchError(
+                    f"in ensemble {config.name}, step of model '{step.model_name}' receives inputs originated from "
+                    "different decoupled models",
+                    ErrorCode.INVALID_ARG,
+                )
+            label = seen.pop() if seen else 0
+            if composing[step.model_name].model_transaction_policy.decoupled:
+                last += 1
+                label = last
+            for tensor in step.output_map.values():
+                labels[tensor] = label
+    return last > 0
 
 
 def _record(tensors: dict[str, _Seen], tensor: str, seen: _Seen, ensemble: str) -> None:

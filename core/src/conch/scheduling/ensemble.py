@@ -4,6 +4,11 @@ Each ensemble request runs as one task: a step is submitted to its model (throug
 scheduler, so batching and instances apply) as soon as every ensemble tensor it reads is there, steps
 that are ready together run at the same time, and only the steps needed for the outputs the client
 asked for run at all (Triton prunes the same way). The first error of a step is the request's error.
+
+A decoupled step (0..N responses) makes the ensemble decoupled: each of its responses runs the steps
+that depend on it once more, in order, and every such run that completes is a response of the
+ensemble; a flag-only final response ends the request. (Triton forbids a step to read tensors that
+come from different decoupled steps, so a run after a response needs nothing but that response.)
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -39,19 +44,43 @@ class EnsembleStep:
     model_version: int  # -1: the latest ready version
     inputs: dict[str, str]  # the step model's input -> the ensemble tensor it reads
     outputs: dict[str, str]  # the step model's output -> the ensemble tensor it writes
+    decoupled: bool = False  # its model answers 0..N times
 
 
 class EnsemblePlan:
     """The steps of an ensemble config and which step writes each tensor."""
 
-    def __init__(self, config: ModelConfig) -> None:
+    def __init__(self, config: ModelConfig, decoupled_models: frozenset[str] | set[str] = frozenset()) -> None:
         self.name = config.name
         self.steps = [
-            EnsembleStep(index, step.model_name, int(step.model_version), dict(step.input_map), dict(step.output_map))
+            EnsembleStep(
+                index,
+                step.model_name,
+                int(step.model_version),
+                dict(step.input_map),
+                dict(step.output_map),
+                step.model_name in decoupled_models,
+            )
             for index, step in enumerate(config.ensemble_scheduling.step)
         ]
+        self.decoupled = any(step.decoupled for step in self.steps)
         self.inputs = frozenset(inp.name for inp in config.input)
         self.writer = {tensor: step for step in self.steps for tensor in step.outputs.values()}
+        self.after = {step.index: self._after(step) for step in self.steps if step.decoupled}
+
+    def _after(self, step: EnsembleStep) -> frozenset[int]:
+        """The steps that read, directly or not, what ``step`` writes."""
+        tensors = set(step.outputs.values())
+        found: set[int] = set()
+        changed = True
+        while changed:
+            changed = False
+            for other in self.steps:
+                if other.index not in found and tensors.intersection(other.inputs.values()):
+                    found.add(other.index)
+                    tensors.update(other.outputs.values())
+                    changed = True
+        return frozenset(found)
 
     def needed(self, outputs: list[str]) -> list[EnsembleStep]:
         """The steps that ``outputs`` depend on, in config order."""
@@ -97,15 +126,28 @@ class EnsembleScheduler(Scheduler):
 
     async def _run(self, request: InferenceRequest) -> None:
         start = time.monotonic_ns()
+        wanted = request.requested_output_names()
+        values = {name: Tensor(name, inp.datatype, inp.data) for name, inp in request.inputs.items()}  # type: ignore[arg-type]
+        answered = False
         try:
-            outputs = await self._flow(request)
+            async with contextlib.aclosing(self._graph(request, values, self.plan.needed(wanted))) as runs:
+                async for run in runs:
+                    outputs = [Tensor(name, run[name].datatype, run[name].data) for name in wanted if name in run]
+                    if self.plan.decoupled:
+                        if outputs:
+                            request.respond(InferenceResponse(outputs=outputs, final=False))
+                    else:
+                        self._finish(request, start, InferenceResponse(outputs=outputs))
+                        answered = True
+            if self.plan.decoupled:
+                self._finish(request, start, InferenceResponse(final=True))
+            elif not answered:
+                raise ConchError(f"in ensemble '{self.plan.name}', no response was produced", ErrorCode.INTERNAL)
         except ConchError as exc:
             self._finish(request, start, InferenceResponse(error=exc))
         except Exception as exc:  # noqa: BLE001 - one request's failure never stops the ensemble
             log.exception("ensemble '%s' failed", self.plan.name)
             self._finish(request, start, InferenceResponse(error=ConchError(str(exc) or type(exc).__name__)))
-        else:
-            self._finish(request, start, InferenceResponse(outputs=outputs))
 
     def _finish(self, request: InferenceRequest, start: int, response: InferenceResponse) -> None:
         took = time.monotonic_ns() - start
@@ -115,45 +157,83 @@ class EnsembleScheduler(Scheduler):
         self.stats.record_request(ok, time.monotonic_ns() - request.arrival_ns, start - request.arrival_ns)
         request.respond(response)
 
-    async def _flow(self, request: InferenceRequest) -> list[Tensor]:
-        """Run the needed steps as their inputs become available; the requested outputs."""
-        values = {name: Tensor(name, inp.datatype, inp.data) for name, inp in request.inputs.items()}  # type: ignore[arg-type]
+    async def _graph(
+        self, request: InferenceRequest, values: dict[str, Tensor], steps: list[EnsembleStep]
+    ) -> AsyncGenerator[dict[str, Tensor], None]:
+        """Run ``steps`` over ``values``; yield the tensors of every completed run: one, or one per response
+        of each decoupled step (the steps after it run again for each, in order)."""
         absent = self.plan.inputs - values.keys()  # optional ensemble inputs the client left out
-        wanted = request.requested_output_names()
-        todo = self.plan.needed(wanted)
+        todo = list(steps)
         running: dict[asyncio.Task[dict[str, Tensor]], ResponseStream] = {}
+        forks: list[tuple[EnsembleStep, ResponseStream]] = []  # decoupled steps submitted, answers unread
+        loop = asyncio.get_running_loop()
         try:
-            while todo or running:
+            while True:
                 for step in [s for s in todo if all(t in values or t in absent for t in s.inputs.values())]:
                     todo.remove(step)
                     stream = ResponseStream()
-                    task = asyncio.get_running_loop().create_task(self._step(request, step, values, stream))
-                    running[task] = stream
+                    if step.decoupled:
+                        self._submit(request, step, values, stream)
+                        forks.append((step, stream))
+                    else:
+                        running[loop.create_task(self._step(request, step, values, stream))] = stream
                 if not running:
-                    missing = sorted({t for s in todo for t in s.inputs.values()} - values.keys() - absent)
-                    raise ConchError(
-                        f"in ensemble '{self.plan.name}', ensemble tensors {', '.join(missing)} were never produced",
-                        ErrorCode.INTERNAL,
-                    )
+                    break
                 done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
-                if request.stream is not None and request.stream.cancelled:
-                    raise ConchError("Request was cancelled", ErrorCode.CANCELLED)
+                self._check_cancelled(request)
                 for task in done:
                     running.pop(task)
                     values.update(task.result())  # a step's error ends the request here
+            later = set().union(*(self.plan.after[step.index] for step, _ in forks)) if forks else set()
+            stuck = [s for s in todo if s.index not in later]
+            if stuck:
+                missing = sorted({t for s in stuck for t in s.inputs.values()} - values.keys() - absent)
+                raise ConchError(
+                    f"in ensemble '{self.plan.name}', ensemble tensors {', '.join(missing)} were never produced",
+                    ErrorCode.INTERNAL,
+                )
+            if not forks:
+                yield values
+                return
+            for step, stream in forks:
+                after = [s for s in todo if s.index in self.plan.after[step.index]]
+                async for response in stream:
+                    if response.error is not None:
+                        raise response.error
+                    self._check_cancelled(request)
+                    if not response.outputs:
+                        continue  # the final flag alone
+                    run = dict(values)
+                    run.update(self._written(step, response))
+                    async with contextlib.aclosing(self._graph(request, run, after)) as runs:
+                        async for completed in runs:
+                            yield completed
         finally:
-            for task, stream in running.items():  # after an error or a cancellation: drop the rest
+            for stream in [*running.values(), *(stream for _, stream in forks)]:  # error or cancellation: drop the rest
                 stream.cancelled = True
+            for task in running:
                 task.cancel()
             if running:
                 with contextlib.suppress(BaseException):
                     await asyncio.gather(*running, return_exceptions=True)
-        return [Tensor(name, values[name].datatype, values[name].data) for name in wanted if name in values]
+
+    @staticmethod
+    def _check_cancelled(request: InferenceRequest) -> None:
+        if request.stream is not None and request.stream.cancelled:
+            raise ConchError("Request was cancelled", ErrorCode.CANCELLED)
 
     async def _step(
         self, request: InferenceRequest, step: EnsembleStep, values: dict[str, Tensor], stream: ResponseStream
     ) -> dict[str, Tensor]:
-        """Submit one step to its model; the ensemble tensors its response writes."""
+        """Run one (non-decoupled) step; the ensemble tensors its response writes."""
+        self._submit(request, step, values, stream)
+        response = await stream.next()
+        if response.error is not None:
+            raise response.error
+        return self._written(step, response)
+
+    def _submit(self, request: InferenceRequest, step: EnsembleStep, values: dict[str, Tensor], stream: ResponseStream) -> None:
+        """Submit a step's request to its model (through that model's scheduler); answers go to ``stream``."""
         model = self.lookup(step.model_name, step.model_version)
         inner = InferenceRequest(
             model_name=step.model_name,
@@ -168,9 +248,9 @@ class EnsembleScheduler(Scheduler):
         inner.outputs = [RequestedOutput(name) for name in step.outputs]
         inner.stream = stream
         model.submit(inner)
-        response = await stream.next()
-        if response.error is not None:
-            raise response.error
+
+    def _written(self, step: EnsembleStep, response: InferenceResponse) -> dict[str, Tensor]:
+        """The ensemble tensors a step's response writes (every output the step maps must be there)."""
         produced = {tensor.name: tensor for tensor in response.outputs}
         written: dict[str, Tensor] = {}
         for output, tensor_name in step.outputs.items():
