@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import queue
 import textwrap
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -209,7 +210,7 @@ def test_a_step_error_reaches_the_client_and_the_ensemble_serves_on(ensemble_ser
     url = ensemble_server.http_url if protocol == "http" else ensemble_server.grpc_url
     client = module.InferenceServerClient(url)  # type: ignore[attr-defined]
     bad = np.full((1, 16), -1, np.float32)
-    with pytest.raises(InferenceServerException, match="add_sub refuses -1"):
+    with pytest.raises(InferenceServerException, match="in ensemble 'pipeline', .*add_sub refuses -1"):
         client.infer("pipeline", _inputs(module, bad, bad))
     good = np.ones((1, 16), np.float32)
     result = client.infer("pipeline", _inputs(module, good, good))
@@ -237,33 +238,44 @@ def test_bad_ensembles_are_unavailable_with_tritons_reasons(ensemble_server: Run
     for name, reason in expected.items():
         assert index[name]["state"] == "UNAVAILABLE", index[name]
         assert reason in index[name]["reason"], index[name]
-    for name in ("ring_a", "ring_b"):
+    for name, other in (("ring_a", "ring_b"), ("ring_b", "ring_a")):
         assert index[name]["state"] == "UNAVAILABLE", index[name]
-        assert "circular dependency between ensembles" in index[name]["reason"] or (
-            "which has no loaded version" in index[name]["reason"]
-        ), index[name]
-    assert any("circular dependency between ensembles" in index[n]["reason"] for n in ("ring_a", "ring_b"))
+        cycle = f"circular dependency between ensembles: {name} -> ... -> {other} -> {name}"
+        assert cycle in index[name]["reason"], index[name]
 
 
-def test_explicit_mode_loads_composing_models_and_unload_dependents(tmp_path: Path) -> None:
+def test_explicit_mode_loads_composing_models_and_unloads_with_them(tmp_path: Path) -> None:
     repo = tmp_path / "repo"
     _write_composing(repo)
     write_model(repo, "pipeline", _ensemble("pipeline", PIPELINE_STEPS, ["IN0", "IN1"], ["OUT_SUM2", "OUT_DIFF"]))
     server = start_server([repo], tmp_path, "--model-control-mode=explicit")
+
+    def ready(model: str) -> bool:
+        return requests.get(f"{server.base}/v2/models/{model}/ready").status_code == 200
+
     try:
         base = server.base
+        assert requests.post(f"{base}/v2/repository/models/identity16/load").status_code == 200
         assert requests.post(f"{base}/v2/repository/models/pipeline/load").status_code == 200
-        for model in ("add_sub", "double", "identity16", "pipeline"):
-            assert requests.get(f"{base}/v2/models/{model}/ready").status_code == 200, model
+        assert all(ready(m) for m in ("add_sub", "double", "identity16", "pipeline"))
         client = grpcclient.InferenceServerClient(server.grpc_url)
         twos = np.full((1, 16), 2, np.float32)
         np.testing.assert_array_equal(client.infer("pipeline", _inputs(grpcclient, twos, twos)).as_numpy("OUT_SUM2"),
                                       twos * 4)  # fmt: skip
+        # A composing model leaves: the ensemble goes with it, and comes back with it (as in Triton).
+        assert requests.post(f"{base}/v2/repository/models/identity16/unload").status_code == 200
+        assert not ready("identity16") and not ready("pipeline")
+        assert ready("add_sub") and ready("double")
+        assert requests.post(f"{base}/v2/repository/models/identity16/load").status_code == 200
+        deadline = time.monotonic() + 20
+        while not ready("pipeline") and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert ready("pipeline")
+        # unload_dependents on the ensemble: the models loaded only for it go; identity16, loaded on its own, stays.
         body = {"parameters": {"unload_dependents": True}}
-        assert requests.post(f"{base}/v2/repository/models/identity16/unload", json=body).status_code == 200
-        assert requests.get(f"{base}/v2/models/identity16/ready").status_code == 400
-        assert requests.get(f"{base}/v2/models/pipeline/ready").status_code == 400
-        assert requests.get(f"{base}/v2/models/add_sub/ready").status_code == 200
+        assert requests.post(f"{base}/v2/repository/models/pipeline/unload", json=body).status_code == 200
+        assert not ready("pipeline") and not ready("add_sub") and not ready("double")
+        assert ready("identity16")
     finally:
         assert server.stop() == 0
 

@@ -174,9 +174,8 @@ class ModelVersion:
         manager: ModelManager = self.service.models
         composing = {step.model_name: manager.get(step.model_name, int(step.model_version)).config
                      for step in self.config.ensemble_scheduling.step}  # fmt: skip
-        if check_composing(self.config, composing):
-            self.decoupled = True  # as Triton, an ensemble with a decoupled step is decoupled itself
-            self.config.model_transaction_policy.decoupled = True
+        self.decoupled = check_composing(self.config, composing)  # a decoupled step makes the ensemble so
+        self.config.model_transaction_policy.decoupled = self.decoupled  # shown in its config, as in Triton
         decoupled_models = {name for name, config in composing.items() if config.model_transaction_policy.decoupled}
         self.scheduler = EnsembleScheduler(EnsemblePlan(self.config, decoupled_models), manager.get, self.stats)
         await self.scheduler.start()
@@ -244,6 +243,9 @@ class ModelManager:
         self._load_slots = asyncio.Semaphore(max(1, options.load_thread_count))
         self._pending: dict[str, tuple[tuple[Any, ...], asyncio.Future[LoadFailed | None]]] = {}
         self._ensembles: dict[str, set[str]] = {}  # ensemble name -> the models its steps call
+        self._explicit: set[str] = set()  # loaded for their own sake, not only as an ensemble's dependency
+        self._waiting: set[str] = set()  # ensembles unloaded or failed for want of a model: retried when it loads
+        self._background: set[asyncio.Future[LoadFailed | None]] = set()
 
     # -- start-up and shutdown ----------------------------------------------------------------
 
@@ -267,13 +269,18 @@ class ModelManager:
 
     # -- load and unload ----------------------------------------------------------------------
 
-    async def load(self, name: str, overrides: LoadOverrides | None = None) -> LoadFailed | None:
+    async def load(
+        self, name: str, overrides: LoadOverrides | None = None, dependency: bool = False
+    ) -> LoadFailed | None:
         """Load (or reload) the versions the policy selects; the failure, if any, is returned, not raised.
 
         Two loads of the same model with the same overrides at once load it once; loads of a model
         otherwise run one after the other, and loads of different models in parallel up to
         ``load_thread_count``. A reload keeps the old instances serving until the new ones are ready.
+        ``dependency``: loaded only because an ensemble needs it (``unload_dependents`` may unload it).
         """
+        if not dependency:
+            self._explicit.add(name)
         overrides = overrides or LoadOverrides()
         key = overrides.key()
         pending = self._pending.get(name)
@@ -294,7 +301,20 @@ class ModelManager:
         if entry is None:
             entry = self.entries.setdefault(name, ModelEntry(name, None))
         async with entry.lock, self._load_slots:
-            return await self._load_entry(entry, overrides)
+            failure = await self._load_entry(entry, overrides)
+        if failure is None:
+            self._retry_dependents(name)
+        return failure
+
+    def _retry_dependents(self, name: str) -> None:
+        """``name`` serves now: load again the ensembles that went (or failed) for want of it, as Triton does."""
+        for ensemble in sorted(self._waiting):
+            if name in self._ensembles.get(ensemble, ()):
+                self._waiting.discard(ensemble)
+                log.info("model '%s' is available again: loading ensemble '%s'", name, ensemble)
+                task = asyncio.ensure_future(self.load(ensemble, dependency=ensemble not in self._explicit))
+                self._background.add(task)
+                task.add_done_callback(self._background.discard)
 
     def _locate(self, entry: ModelEntry, overrides: LoadOverrides) -> tuple[ModelLocation, OverrideFolder | None]:
         """Where to load from: a private folder of override files, or the model's folder in the repository."""
@@ -389,13 +409,15 @@ class ModelManager:
         """
         steps = config.ensemble_scheduling.step
         self._ensembles[name] = {step.model_name for step in steps}
-        cycle = self._cycle_through(name)
-        if cycle:
-            raise ConchError("circular dependency between ensembles: " + " -> ".join(cycle), ErrorCode.INVALID_ARG)
+        self._check_cycle(name)
         self._load_slots.release()
         try:
             for dependency in sorted(self._ensembles[name]):
                 await self._composing_model_ready(name, dependency)
+        except ConchError:
+            self._check_cycle(name)  # a dependency that failed because of a cycle through this ensemble
+            self._waiting.add(name)  # retried when the dependency loads
+            raise
         finally:
             await self._load_slots.acquire()
         for step in steps:
@@ -421,7 +443,7 @@ class ModelManager:
         if pending is None and (never_tried or self.options.control_mode == "explicit") and (
             entry is None or not entry.ready_versions()
         ):
-            await self.load(name)
+            await self.load(name, dependency=True)
             entry = self.entries.get(name)
         if entry is None or not entry.ready_versions():
             reasons = [mv.reason for mv in entry.versions.values() if mv.reason] if entry else []
@@ -430,6 +452,13 @@ class ModelManager:
                 f"ensemble '{ensemble}' depends on '{name}' which has no loaded version. Model '{name}' loading "
                 f"failed with error: {reasons[0]}",
                 ErrorCode.INVALID_ARG,
+            )
+
+    def _check_cycle(self, name: str) -> None:
+        cycle = self._cycle_through(name)
+        if cycle:
+            raise ConchError(
+                f"circular dependency between ensembles: {name} -> ... -> {cycle[-2]} -> {name}", ErrorCode.INVALID_ARG
             )
 
     def _cycle_through(self, name: str) -> list[str]:
@@ -497,6 +526,8 @@ class ModelManager:
                 mv.source = None
 
     async def unload(self, name: str) -> None:
+        """Unload every version; ensembles that call the model are unloaded with it (as in Triton) and
+        loaded again once it serves again."""
         entry = self.entries.get(name)
         if entry is None:
             return
@@ -506,6 +537,26 @@ class ModelManager:
             for model in versions.values():
                 entry.versions[model.version] = model  # kept for the index as UNAVAILABLE: unloaded
             self._release_sources(entry)
+        dependents = [e for e, models in self._ensembles.items() if name in models and e != name and self._serves(e)]
+        for ensemble in dependents:
+            log.error("ensemble %s contains models that are not available or ambiguous: %s", ensemble, name)
+            self._waiting.add(ensemble)
+        await asyncio.gather(*(self.unload(ensemble) for ensemble in dependents))
+
+    def _serves(self, name: str) -> bool:
+        entry = self.entries.get(name)
+        return entry is not None and bool(entry.ready_versions())
+
+    async def _unload_unused_dependencies(self, name: str) -> None:
+        """``unload_dependents`` of an ensemble: the models it called that were loaded only for ensembles and
+        that no serving ensemble calls any more go too (Triton's cascading removal)."""
+        for dependency in sorted(self._ensembles.get(name, ())):
+            if dependency in self._explicit or not self._serves(dependency):
+                continue
+            if any(dependency in models and self._serves(e) for e, models in self._ensembles.items()):
+                continue
+            await self.unload(dependency)
+            await self._unload_unused_dependencies(dependency)
 
     async def _unload_version(self, model: ModelVersion) -> None:
         if model.state is ModelState.READY:
@@ -538,10 +589,11 @@ class ModelManager:
             raise ConchError(
                 f"failed to unload '{name}', Model to be unloaded has not been served", ErrorCode.INVALID_ARG
             )
+        self._explicit.discard(name)
+        self._waiting.discard(name)
         await self.unload(name)
         if unload_dependents:
-            dependents = [e for e, models in self._ensembles.items() if name in models and e != name]
-            await asyncio.gather(*(self.unload(ensemble) for ensemble in dependents))
+            await self._unload_unused_dependencies(name)
 
     def _check_api_allowed(self) -> None:
         if self.options.control_mode != "explicit":

@@ -199,7 +199,7 @@ class EnsembleScheduler(Scheduler):
                 after = [s for s in todo if s.index in self.plan.after[step.index]]
                 async for response in stream:
                     if response.error is not None:
-                        raise response.error
+                        raise self._in_ensemble(response.error)
                     self._check_cancelled(request)
                     if not response.outputs:
                         continue  # the final flag alone
@@ -229,12 +229,19 @@ class EnsembleScheduler(Scheduler):
         self._submit(request, step, values, stream)
         response = await stream.next()
         if response.error is not None:
-            raise response.error
+            raise self._in_ensemble(response.error)
         return self._written(step, response)
+
+    def _in_ensemble(self, error: ConchError) -> ConchError:
+        """A step's error as the ensemble's: Triton's ``in ensemble '<name>', `` before the step's message."""
+        return ConchError(f"in ensemble '{self.plan.name}', {error.message}", error.code)
 
     def _submit(self, request: InferenceRequest, step: EnsembleStep, values: dict[str, Tensor], stream: ResponseStream) -> None:
         """Submit a step's request to its model (through that model's scheduler); answers go to ``stream``."""
-        model = self.lookup(step.model_name, step.model_version)
+        try:
+            model = self.lookup(step.model_name, step.model_version)
+        except ConchError as exc:
+            raise self._in_ensemble(exc) from None
         inner = InferenceRequest(
             model_name=step.model_name,
             model_version=step.model_version,
@@ -247,7 +254,10 @@ class EnsembleScheduler(Scheduler):
                 inner.inputs[model_input] = InferInput(model_input, tensor.datatype, list(tensor.data.shape), tensor.data)
         inner.outputs = [RequestedOutput(name) for name in step.outputs]
         inner.stream = stream
-        model.submit(inner)
+        try:
+            model.submit(inner)
+        except ConchError as exc:
+            raise self._in_ensemble(exc) from None
 
     def _written(self, step: EnsembleStep, response: InferenceResponse) -> dict[str, Tensor]:
         """The ensemble tensors a step's response writes (every output the step maps must be there)."""
