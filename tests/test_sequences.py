@@ -7,6 +7,7 @@ import textwrap
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -158,3 +159,42 @@ def test_a_sequence_without_a_free_slot_waits_in_the_backlog(sequence_server: Ru
     thread.join(10)
     assert answers == [7]
     assert _send(module, client, "acc_one_slot", 1, sequence_id=402, sequence_end=True) == 8
+
+
+def test_onnx_sequence_model_gets_control_tensors_in_its_batch(tmp_path: Path) -> None:
+    """A concatenating backend (ONNX Runtime): the control tensors are [1, 1] per request, [B, 1] batched."""
+    from onnx import TensorProto, helper
+
+    io = helper.make_tensor_value_info
+    graph = helper.make_graph(
+        [
+            helper.make_node("Constant", [], ["hundred"], value=helper.make_tensor("h", TensorProto.INT32, [], [100])),
+            helper.make_node("Mul", ["START", "hundred"], ["start100"]),
+            helper.make_node("Add", ["INPUT", "start100"], ["with_start"]),
+            helper.make_node("Add", ["with_start", "END"], ["OUTPUT"]),
+        ],
+        "g",
+        [io(n, TensorProto.INT32, ["batch", 1]) for n in ("INPUT", "START", "END")],
+        [io("OUTPUT", TensorProto.INT32, ["batch", 1])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    repo = tmp_path / "repo"
+    config = (
+        'name: "onnx_seq"\nbackend: "onnxruntime"\nmax_batch_size: 4\n'
+        'input [ { name: "INPUT" data_type: TYPE_INT32 dims: [ 1 ] } ]\n'
+        'output [ { name: "OUTPUT" data_type: TYPE_INT32 dims: [ 1 ] } ]\n'
+        "sequence_batching { control_input [ "
+        '{ name: "START" control [ { kind: CONTROL_SEQUENCE_START int32_false_true: [ 0, 1 ] } ] }, '
+        '{ name: "END" control [ { kind: CONTROL_SEQUENCE_END int32_false_true: [ 0, 1 ] } ] } ] }\n'
+    )
+    model_dir = write_model(repo, "onnx_seq", config)
+    (model_dir / "1" / "model.onnx").write_bytes(model.SerializeToString())
+    server = start_server([repo], tmp_path)
+    try:
+        client = grpcclient.InferenceServerClient(server.grpc_url)
+        assert _send(grpcclient, client, "onnx_seq", 5, sequence_id=1, sequence_start=True) == 105
+        assert _send(grpcclient, client, "onnx_seq", 5, sequence_id=1) == 5
+        assert _send(grpcclient, client, "onnx_seq", 5, sequence_id=1, sequence_end=True) == 6
+    finally:
+        assert server.stop() == 0

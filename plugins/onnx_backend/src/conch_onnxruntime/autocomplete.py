@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from conch import ConchError, ErrorCode
 from conch.tensors import BY_NAME
+from conch_onnxruntime.checks import sequence_inputs
 from conch_onnxruntime.signature import GraphSignature, TensorInfo
 
 if TYPE_CHECKING:
@@ -53,8 +54,10 @@ def auto_complete(config: ModelConfig, signature: GraphSignature, default_max_ba
         )
     batching = config.max_batch_size > 0
     if not config.input:
+        fed = sequence_inputs(config)  # the sequence batcher's control and state tensors are not inputs
         for info in signature.required_inputs():
-            _fill(config.input.add(), info, batching, name)
+            if info.name not in fed:
+                _fill(config.input.add(), info, batching, name)
     if not config.output:
         for info in signature.outputs.values():
             _fill(config.output.add(), info, batching, name)

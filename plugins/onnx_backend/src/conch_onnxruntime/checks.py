@@ -5,7 +5,7 @@ graph with the same datatype; its dims (``reshape.shape`` when given), behind a 
 when ``max_batch_size > 0``, must match the graph's shape (a graph ``-1`` accepts any input dim;
 outputs must match exactly); a graph scalar takes only 1s; a batching model needs a free first
 dimension; optional inputs only for non-batching models. Conch adds one: a graph input without a
-default that the config does not list.
+default that the config does not list (sequence control and state inputs need not be listed).
 """
 
 from __future__ import annotations
@@ -35,8 +35,9 @@ def check_config(config: ModelConfig, signature: GraphSignature) -> None:
             )
         _check_tensor(name, "input", tensor, info, batching, exact=False)
     listed = {tensor.name for tensor in config.input}
+    provided = listed | sequence_inputs(config)  # the sequence batcher adds its control and state tensors
     for info in signature.required_inputs():
-        if info.name not in listed:
+        if info.name not in provided:
             raise _invalid(
                 f"unable to load model '{name}', the model requires input '{info.name}' ({info.type_text}, "
                 f"shape {shape_text(info.dims)}) but the configuration lists only {_names(listed)}"
@@ -44,6 +45,12 @@ def check_config(config: ModelConfig, signature: GraphSignature) -> None:
     for output in config.output:
         info = _find(name, "output", output.name, signature.outputs)
         _check_tensor(name, "output", output, info, batching, exact=True)
+
+
+def sequence_inputs(config: ModelConfig) -> set[str]:
+    """Graph inputs the sequence batcher feeds: ``control_input`` names and implicit state inputs."""
+    sequencing = config.sequence_batching
+    return {c.name for c in sequencing.control_input} | {s.input_name for s in sequencing.state}
 
 
 def _find(model: str, kind: str, tensor: str, graph: dict[str, TensorInfo]) -> TensorInfo:
