@@ -198,3 +198,53 @@ def test_onnx_sequence_model_gets_control_tensors_in_its_batch(tmp_path: Path) -
         assert _send(grpcclient, client, "onnx_seq", 5, sequence_id=1, sequence_end=True) == 6
     finally:
         assert server.stop() == 0
+
+
+def test_implicit_state_carries_the_output_state_to_the_next_request(tmp_path: Path) -> None:
+    """``sequence_batching.state``: OUTPUT_STATE of one request is INPUT_STATE of the next; START gets the
+    initial state; the client never sees the state unless it asks for it."""
+    from onnx import TensorProto, helper
+
+    io = helper.make_tensor_value_info
+    graph = helper.make_graph(
+        [
+            helper.make_node("Add", ["INPUT", "INPUT_STATE"], ["OUTPUT_STATE"]),
+            helper.make_node("Identity", ["OUTPUT_STATE"], ["OUTPUT"]),
+        ],
+        "g",
+        [io("INPUT", TensorProto.INT32, ["batch", 1]), io("INPUT_STATE", TensorProto.INT32, ["batch", 1])],
+        [io("OUTPUT", TensorProto.INT32, ["batch", 1]), io("OUTPUT_STATE", TensorProto.INT32, ["batch", 1])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    repo = tmp_path / "repo"
+    config = (
+        'name: "stateful"\nbackend: "onnxruntime"\nmax_batch_size: 4\n'
+        'input [ { name: "INPUT" data_type: TYPE_INT32 dims: [ 1 ] } ]\n'
+        'output [ { name: "OUTPUT" data_type: TYPE_INT32 dims: [ 1 ] } ]\n'
+        "sequence_batching { state [ { input_name: \"INPUT_STATE\" output_name: \"OUTPUT_STATE\" "
+        'data_type: TYPE_INT32 dims: [ 1 ] initial_state [ { data_type: TYPE_INT32 dims: [ 1 ] '
+        'data_file: "hundred" name: "start at 100" } ] } ] }\n'
+    )
+    model_dir = write_model(repo, "stateful", config)
+    (model_dir / "1" / "model.onnx").write_bytes(model.SerializeToString())
+    (model_dir / "initial_state").mkdir()
+    (model_dir / "initial_state" / "hundred").write_bytes(np.array([100], np.int32).tobytes())
+    server = start_server([repo], tmp_path)
+    try:
+        for protocol in ("http", "grpc"):
+            module, client = _client(server, protocol)
+            a, b = (11, 12) if protocol == "http" else (21, 22)
+            assert _send(module, client, "stateful", 1, sequence_id=a, sequence_start=True) == 101
+            assert _send(module, client, "stateful", 5, sequence_id=b, sequence_start=True) == 105
+            assert _send(module, client, "stateful", 2, sequence_id=a) == 103
+            assert _send(module, client, "stateful", 5, sequence_id=b) == 110
+            data = np.array([[3]], np.int32)
+            tensor = module.InferInput("INPUT", [1, 1], "INT32")  # type: ignore[attr-defined]
+            tensor.set_data_from_numpy(data)
+            result = client.infer("stateful", [tensor], sequence_id=a, sequence_end=True)  # type: ignore[attr-defined]
+            assert int(result.as_numpy("OUTPUT").flat[0]) == 106
+            assert result.as_numpy("OUTPUT_STATE") is None  # kept back: the client did not ask for it
+            assert _send(module, client, "stateful", 7, sequence_id=a, sequence_start=True) == 107  # a new sequence
+    finally:
+        assert server.stop() == 0

@@ -82,6 +82,7 @@ class ModelVersion:
         self.source: OverrideFolder | None = None  # the private folder of load-API override files, if any
         self.replaced_by: ModelVersion | None = None  # set when a reload swapped in a new instance of it
         self.labels: dict[str, list[str]] = {}  # class labels by output name (classification extension)
+        self.model_dir: Path | None = None  # the folder it was loaded from
 
     def output_labels(self, name: str) -> list[str] | None:
         """The class labels of output ``name`` (its ``label_filename``), if it has any."""
@@ -150,6 +151,7 @@ class ModelVersion:
             await self._load_ensemble()
             self.load_seconds = time.monotonic() - started
             return
+        self.model_dir = model_dir
         self.labels = await asyncio.to_thread(read_labels, self.config, model_dir)
         self.runners = [InstanceRunner(self.backend, ctx, self.stats) for ctx in self._instance_contexts(model_dir, settings)]
         results = await asyncio.gather(*(runner.create() for runner in self.runners), return_exceptions=True)
@@ -185,12 +187,7 @@ class ModelVersion:
         if self.config.HasField("sequence_batching"):
             from conch.scheduling.sequence import SequenceBatcher
 
-            if self.config.sequence_batching.state:
-                log.warning(
-                    "model '%s': implicit state (sequence_batching.state) is not supported yet; the model gets "
-                    "no state tensors", self.name,
-                )  # fmt: skip
-            return SequenceBatcher(self.runners, self.config)
+            return SequenceBatcher(self.runners, self.config, self.model_dir)
         if self.config.HasField("dynamic_batching") and self.backend is not None:
             from conch.backend import Batching
             from conch.scheduling.dynamic import DynamicBatcher

@@ -8,6 +8,11 @@ per sequence bound to it (oldest first), so the requests of a sequence never ove
 Slots per instance: ``max_batch_size`` (at least 1) with the ``direct`` strategy, and
 ``max_candidate_sequences`` shared out among the instances with ``oldest``. Unlike Triton's ``direct``
 strategy, batches are not padded with READY=0 requests for empty slots.
+
+Implicit state (``sequence_batching.state``): the batcher adds each state input to a request (the
+initial state on START) and asks for the state output, which it keeps for the sequence's next request
+and leaves out of the response unless the client asked for it. It works for any backend, since to the
+backend the state is one more input and output.
 """
 
 from __future__ import annotations
@@ -18,13 +23,14 @@ import logging
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from conch._proto.model_config_pb2 import ModelSequenceBatching
 from conch.errors import ConchError, ErrorCode
-from conch.inference import InferenceRequest, InferInput
+from conch.inference import InferenceRequest, InferenceResponse, InferInput, RequestedOutput, ResponseStream
 from conch.scheduling.base import Scheduler
 from conch.scheduling.runner import InstanceRunner
 from conch.tensors import config_to_protocol, datatype
@@ -66,6 +72,49 @@ def control_inputs(config: ModelConfig) -> list[ControlInput]:
     return controls
 
 
+@dataclass(frozen=True, slots=True)
+class StateSpec:
+    """Implicit state: ``output_name`` of one request is ``input_name`` of the sequence's next request."""
+
+    input_name: str
+    output_name: str
+    datatype: str
+    dims: tuple[int, ...]
+    initial: np.ndarray | None  # the START request's input state (None: zeros, variable dims as 1)
+
+    def start_value(self) -> np.ndarray:
+        if self.initial is not None:
+            return self.initial
+        return np.zeros([d if d > 0 else 1 for d in self.dims], dtype=datatype(self.datatype).numpy)
+
+
+def state_specs(config: ModelConfig, model_dir: Path | None) -> list[StateSpec]:
+    """``sequence_batching.state`` with each initial state read (``zero_data`` or ``initial_state/<data_file>``)."""
+    specs: list[StateSpec] = []
+    for state in config.sequence_batching.state:
+        kind = config_to_protocol(state.data_type)
+        initial: np.ndarray | None = None
+        for start in state.initial_state[:1]:
+            dims = [int(d) for d in start.dims]
+            dtype = datatype(config_to_protocol(start.data_type) if start.data_type else kind).numpy
+            if start.WhichOneof("state_data") == "data_file":
+                if model_dir is None:
+                    raise ConchError(f"model '{config.name}': no folder to read initial state '{start.name}' from")
+                path = model_dir / "initial_state" / start.data_file
+                try:
+                    raw = path.read_bytes()
+                except OSError as exc:
+                    raise ConchError(
+                        f"model '{config.name}': failed to read initial state '{start.name}' from {path}: {exc.strerror}",
+                        ErrorCode.INVALID_ARG,
+                    ) from None
+                initial = np.frombuffer(raw, dtype=dtype).reshape(dims)
+            else:
+                initial = np.zeros(dims, dtype=dtype)
+        specs.append(StateSpec(state.input_name, state.output_name, kind, tuple(int(d) for d in state.dims), initial))
+    return specs
+
+
 @dataclass(eq=False)
 class _Sequence:
     correlation_id: int | str
@@ -73,6 +122,43 @@ class _Sequence:
     lane: _Lane | None = None
     last_ns: int = field(default_factory=time.monotonic_ns)
     running: bool = False
+    state: dict[str, np.ndarray] = field(default_factory=dict)  # implicit state by input name
+
+
+class _StateStream(ResponseStream):
+    """Stands in for a request's stream: takes its output states out of each response (kept for the
+    sequence's next request) and passes the rest on. Cancellation is the client's stream's."""
+
+    __slots__ = ("outer", "sequence", "specs", "hidden", "batched")
+
+    def __init__(
+        self, outer: ResponseStream, sequence: _Sequence, specs: list[StateSpec], hidden: set[str], batched: bool
+    ) -> None:
+        # The base class's queue is not used: every response goes straight on to ``outer``.
+        self.outer = outer
+        self.sequence = sequence
+        self.specs = specs
+        self.hidden = hidden
+        self.batched = batched  # states travel with the request's batch dimension, and are kept without it
+
+    @property
+    def cancelled(self) -> bool:
+        return self.outer.cancelled
+
+    @cancelled.setter
+    def cancelled(self, value: bool) -> None:
+        self.outer.cancelled = value
+
+    def send(self, response: InferenceResponse) -> None:
+        if response.outputs:
+            produced = {tensor.name: tensor for tensor in response.outputs}
+            for spec in self.specs:
+                tensor = produced.get(spec.output_name)
+                if tensor is not None:
+                    data = np.array(tensor.data)  # its own copy, not a view of the batch's output
+                    self.sequence.state[spec.input_name] = data[0] if self.batched and data.ndim else data
+            response.outputs = [t for t in response.outputs if t.name not in self.hidden]
+        self.outer.send(response)
 
 
 @dataclass(eq=False)
@@ -92,8 +178,9 @@ def _flag(request: InferenceRequest, name: str) -> bool:
 class SequenceBatcher(Scheduler):
     """Sequence slots, backlog and per-instance dispatch for one model version."""
 
-    def __init__(self, runners: list[InstanceRunner], config: ModelConfig) -> None:
+    def __init__(self, runners: list[InstanceRunner], config: ModelConfig, model_dir: Path | None = None) -> None:
         sequencing = config.sequence_batching
+        self.states = state_specs(config, model_dir)
         self.model = config.name
         self.batch_dim = config.max_batch_size > 0
         self.max_batch = max(int(config.max_batch_size), 1)
@@ -190,6 +277,8 @@ class SequenceBatcher(Scheduler):
                     if request.stream is not None and request.stream.cancelled:
                         continue  # dropped: its client went away
                     self._add_controls(request, sequence.correlation_id)
+                    if self.states:
+                        self._add_states(request, sequence)
                     batch.append(request)
                     members.append(sequence)
                     if _flag(request, "sequence_end"):
@@ -233,6 +322,22 @@ class SequenceBatcher(Scheduler):
             else:
                 array = np.array([value], dtype=dtype).reshape(shape)
             request.inputs[control.name] = InferInput(control.name, control.datatype, shape, array)
+
+    def _add_states(self, request: InferenceRequest, sequence: _Sequence) -> None:
+        """The sequence's state as the request's input states; its output states asked for and kept back."""
+        start = _flag(request, "sequence_start")
+        wanted = set(request.requested_output_names())
+        hidden: set[str] = set()
+        for spec in self.states:
+            value = spec.start_value() if start or spec.input_name not in sequence.state else sequence.state[spec.input_name]
+            if self.batch_dim:
+                value = value.reshape((1, *value.shape))
+            request.inputs[spec.input_name] = InferInput(spec.input_name, spec.datatype, list(value.shape), value)
+            if spec.output_name not in wanted:
+                request.outputs.append(RequestedOutput(spec.output_name))
+                hidden.add(spec.output_name)
+        if request.stream is not None:
+            request.stream = _StateStream(request.stream, sequence, self.states, hidden, self.batch_dim)
 
     async def _reap(self) -> None:
         """End sequences idle for longer than ``max_sequence_idle_microseconds``; their slots go to the backlog."""
