@@ -111,3 +111,33 @@ def test_problem_format() -> None:
     assert str(Problem("/r/m/config.pbtxt", 3, 17, "max_batch_size", "boom")) == "/r/m/config.pbtxt:3:17: boom"
     assert str(Problem("/r/m", None, None, None, "boom", "warning")) == "/r/m: warning: boom"
     assert format_problems([Problem("p", 1, None, None, "x")]) == "p:1: x\n1 error, 0 warnings"
+
+
+def _ensemble(name: str, model: str, datatype: str = "TYPE_FP32", extra_step: str = "") -> str:
+    return (
+        f'name: "{name}"\nplatform: "ensemble"\nmax_batch_size: 8\n'
+        f'input [ {{ name: "IN" data_type: {datatype} dims: [ 4 ] }} ]\n'
+        f'output [ {{ name: "OUT" data_type: {datatype} dims: [ 4 ] }} ]\n'
+        f'ensemble_scheduling {{ step [ {{ model_name: "{model}" model_version: -1 '
+        'input_map { key: "INPUT0" value: "IN" } output_map { key: "OUTPUT0" value: "OUT" } }'
+        f"{extra_step} ] }}\n"
+    )
+
+
+def test_ensembles_are_checked_against_their_composing_models(tmp_path: Path) -> None:
+    write_model(tmp_path, "good", GOOD.format(name="good"))
+    write_model(tmp_path, "fine", _ensemble("fine", "good"))
+    write_model(tmp_path, "no_model", _ensemble("no_model", "nope"))
+    write_model(tmp_path, "wrong_type", _ensemble("wrong_type", "good", datatype="TYPE_INT32"))
+    write_model(tmp_path, "ring_a", _ensemble("ring_a", "ring_b"))
+    write_model(tmp_path, "ring_b", _ensemble("ring_b", "ring_a"))
+    problems = {Path(p.path).parent.name: p for p in check_repositories([tmp_path], make_plugins())}
+    assert "fine" not in problems and "good" not in problems
+    assert problems["no_model"].message == "ensemble no_model contains models that are not available or ambiguous: nope"
+    assert problems["no_model"].line == 6  # the ensemble_scheduling line of its config.pbtxt
+    assert problems["wrong_type"].message == (
+        "in ensemble wrong_type, ensemble tensor IN: inconsistent data type: TYPE_INT32 is inferred from model "
+        "wrong_type while TYPE_FP32 is inferred from model good"
+    )
+    assert problems["ring_a"].message == "circular dependency between ensembles: ring_a -> ... -> ring_b -> ring_a"
+    assert problems["ring_b"].message == "circular dependency between ensembles: ring_b -> ... -> ring_a -> ring_b"

@@ -15,6 +15,7 @@ from conch.errors import ConchError
 from conch.repository import ModelLocation, Repository, resolve_versions, scan_versions
 
 if TYPE_CHECKING:
+    from conch._proto.model_config_pb2 import ModelConfig
     from conch.plugins import Plugins
 
 __all__ = ["Problem", "check_repositories", "format_problems"]
@@ -53,6 +54,7 @@ def check_repositories(
     """Every problem in ``roots``: missing repositories, duplicate models, config errors, versions."""
     problems: list[Problem] = []
     models: dict[str, list[ModelLocation]] = {}
+    reports: dict[str, ConfigReport] = {}
     for root in roots:
         repository = Repository([root])
         try:
@@ -82,7 +84,76 @@ def check_repositories(
             path = error.path or str(location.path)
             problems.append(Problem(path, error.line, error.column, error.field, _strip_location(error)))
         problems.extend(_version_problems(location.path, report))
+        reports[name] = report
+    problems.extend(_ensemble_problems(reports))
     return problems
+
+
+def _ensemble_problems(reports: dict[str, ConfigReport]) -> list[Problem]:
+    """Each ensemble against the models its steps call, as a load would check it once they are loaded."""
+    problems: list[Problem] = []
+    ensembles = {
+        name: report.config
+        for name, report in reports.items()
+        if report.config is not None and not report.errors and report.config.HasField("ensemble_scheduling")
+    }
+    for name, config in sorted(ensembles.items()):
+        message = _ensemble_problem(name, config, reports, ensembles)
+        if message is None:
+            continue
+        report = reports[name]
+        position = report.position("ensemble_scheduling")
+        line, column = position if position else (None, None)
+        path = str(report.path) if report.file_read else name
+        problems.append(Problem(path, line, column, "ensemble_scheduling", message))
+    return problems
+
+
+def _ensemble_problem(
+    name: str, config: ModelConfig, reports: dict[str, ConfigReport], ensembles: dict[str, ModelConfig]
+) -> str | None:
+    """What would stop ``name`` from loading once its composing models are loaded, or None."""
+    from conch.config.ensemble import check_composing
+
+    called = sorted({step.model_name for step in config.ensemble_scheduling.step})
+    missing = [model for model in called if model not in reports]
+    if missing:
+        return f"ensemble {name} contains models that are not available or ambiguous: {', '.join(missing)}"
+    cycle = _cycle(name, ensembles)
+    if cycle:
+        return f"circular dependency between ensembles: {name} -> ... -> {cycle[-2]} -> {name}"
+    composing: dict[str, ModelConfig] = {}
+    for model in called:
+        composed = reports[model].config
+        if composed is None or reports[model].errors:
+            return f"ensemble '{name}' depends on '{model}' whose configuration has errors (see above)"
+        composing[model] = composed
+    try:
+        check_composing(config, composing)
+    except ConchError as exc:
+        return exc.message
+    return None
+
+
+def _cycle(name: str, ensembles: dict[str, ModelConfig]) -> list[str]:
+    """A chain of ensembles from ``name`` back to itself ([] when none)."""
+    path = [name]
+
+    def walk(current: str, seen: set[str]) -> bool:
+        config = ensembles.get(current)
+        for step in sorted({s.model_name for s in config.ensemble_scheduling.step} if config else ()):
+            if step == name:
+                path.append(name)
+                return True
+            if step not in seen and step in ensembles:
+                seen.add(step)
+                path.append(step)
+                if walk(step, seen):
+                    return True
+                path.pop()
+        return False
+
+    return path if walk(name, {name}) else []
 
 
 def _strip_location(error: ConchError) -> str:
