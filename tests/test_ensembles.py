@@ -310,3 +310,22 @@ def test_http_refuses_a_decoupled_ensemble(ensemble_server: RunningServer) -> No
     ones = np.ones((1, 16), np.float32)
     with pytest.raises(InferenceServerException, match="doesn't support models with decoupled transaction policy"):
         client.infer("streamer", _inputs(httpclient, ones, ones))
+
+
+def test_the_example_repository_serves_its_ensemble(tmp_path: Path) -> None:
+    examples = Path(__file__).resolve().parent.parent / "examples" / "model_repository"
+    server = start_server([examples], tmp_path)
+    try:
+        client = httpclient.InferenceServerClient(server.http_url)
+        a = np.arange(16, dtype=np.float32).reshape(1, 16)
+        b = np.full((1, 16), 3, np.float32)
+        tensors = []
+        for name, value in (("INPUT0", a), ("INPUT1", b)):
+            tensor = httpclient.InferInput(name, [1, 16], "FP32")
+            tensor.set_data_from_numpy(value)
+            tensors.append(tensor)
+        result = client.infer("add_sub_ensemble", tensors)
+        np.testing.assert_array_equal(result.as_numpy("SUM"), a + b)
+        np.testing.assert_array_equal(result.as_numpy("DIFF"), a - b)
+    finally:
+        assert server.stop() == 0
