@@ -167,9 +167,21 @@ class EnsembleScheduler(Scheduler):
         running: dict[asyncio.Task[dict[str, Tensor]], ResponseStream] = {}
         forks: list[tuple[EnsembleStep, ResponseStream]] = []  # decoupled steps submitted, answers unread
         loop = asyncio.get_running_loop()
+        alone: ResponseStream | None = None  # the stream of a step awaited directly (the only one to run)
         try:
             while True:
-                for step in [s for s in todo if all(t in values or t in absent for t in s.inputs.values())]:
+                ready = [s for s in todo if all(t in values or t in absent for t in s.inputs.values())]
+                if len(ready) == 1 and not running and not ready[0].decoupled:
+                    # One step can run and nothing else is: await it here, without a task (a chain of
+                    # steps, the common shape, runs without one).
+                    step = ready[0]
+                    todo.remove(step)
+                    alone = ResponseStream()
+                    values.update(await self._step(request, step, values, alone))
+                    alone = None
+                    self._check_cancelled(request)
+                    continue
+                for step in ready:
                     todo.remove(step)
                     stream = ResponseStream()
                     if step.decoupled:
@@ -209,6 +221,8 @@ class EnsembleScheduler(Scheduler):
                         async for completed in runs:
                             yield completed
         finally:
+            if alone is not None:
+                alone.cancelled = True
             for stream in [*running.values(), *(stream for _, stream in forks)]:  # error or cancellation: drop the rest
                 stream.cancelled = True
             for task in running:
