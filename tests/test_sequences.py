@@ -34,7 +34,7 @@ ACCUMULATE = textwrap.dedent(
                 end = int(pb_utils.get_input_tensor_by_name(request, "END").as_numpy().flat[0])
                 ready = int(pb_utils.get_input_tensor_by_name(request, "READY").as_numpy().flat[0])
                 corrid = int(pb_utils.get_input_tensor_by_name(request, "CORRID").as_numpy().flat[0])
-                if ready != 1 or corrid != request.correlation_id():
+                if ready != 1 or str(corrid) != str(request.correlation_id()):
                     raise pb_utils.TritonModelException(f"bad controls: ready={ready} corrid={corrid}")
                 if start:
                     self.sums[corrid] = 0
@@ -248,3 +248,24 @@ def test_implicit_state_carries_the_output_state_to_the_next_request(tmp_path: P
             assert _send(module, client, "stateful", 7, sequence_id=a, sequence_start=True) == 107  # a new sequence
     finally:
         assert server.stop() == 0
+
+
+def test_a_non_numeric_string_id_on_an_integer_corrid_model_is_refused_and_the_model_serves_on(
+    sequence_server: RunningServer,
+) -> None:
+    module, client = _client(sequence_server, "grpc")
+    with pytest.raises(InferenceServerException, match="the model's CORRID control input is an integer"):
+        _send(module, client, "acc", 1, sequence_id="abc", sequence_start=True)
+    assert _send(module, client, "acc", 4, sequence_id="12345", sequence_start=True) == 4  # a decimal string is fine
+    assert _send(module, client, "acc", 4, sequence_id="12345", sequence_end=True) == 8
+    assert _send(module, client, "acc", 1, sequence_id=501, sequence_start=True, sequence_end=True) == 1
+
+
+def test_a_backlogged_sequence_whose_request_times_out_is_refused(sequence_server: RunningServer) -> None:
+    module, client = _client(sequence_server, "http")
+    assert _send(module, client, "acc_one_slot", 1, sequence_id=601, sequence_start=True) == 1
+    started = time.monotonic()
+    with pytest.raises(InferenceServerException, match="timeout of the corresponding sequence has been expired"):
+        _send(module, client, "acc_one_slot", 1, sequence_id=602, sequence_start=True, timeout=200_000)
+    assert time.monotonic() - started < 5
+    assert _send(module, client, "acc_one_slot", 1, sequence_id=601, sequence_end=True) == 2

@@ -44,7 +44,7 @@ def test_counters_from_statistics() -> None:
     assert f"nv_inference_exec_count{{{labels}}} 1\n" in text
     assert f"nv_inference_request_duration_us{{{labels}}} 120\n" in text
     assert f"nv_inference_queue_duration_us{{{labels}}} 10\n" in text
-    assert f"nv_inference_compute_infer_duration_us{{{labels}}} 30\n" in text
+    assert f"nv_inference_compute_infer_duration_us{{{labels}}} 60\n" in text  # 30 us for each of 2 requests
     assert f"nv_inference_pending_request_count{{{labels}}} 3\n" in text
     assert f"nv_model_load_duration_secs{{{labels}}} 0.25\n" in text
     assert 'conch_inference_batch_size_bucket{le="4",model="m",version="1"} 0\n' in text

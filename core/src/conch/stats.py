@@ -66,13 +66,17 @@ class ModelStats:
         self.first_response: Histogram | None = Histogram(buckets) if buckets else None
 
     def record_execution(self, batch_size: int, requests: int, input_ns: int, infer_ns: int, output_ns: int) -> None:
-        """One execution of ``requests`` requests holding ``batch_size`` inferences in all."""
+        """One execution of ``requests`` requests holding ``batch_size`` inferences in all.
+
+        As in Triton, the per-request compute durations are cumulative over requests: each request of a
+        batch spent the batch's time (``batch_stats`` keep the time once per batch).
+        """
         self.execution_count += 1
         self.inference_count += batch_size
         self.last_inference_ms = time.time_ns() // 1_000_000
-        self.compute_input.add(input_ns, requests)
-        self.compute_infer.add(infer_ns, requests)
-        self.compute_output.add(output_ns, requests)
+        self.compute_input.add(input_ns * requests, requests)
+        self.compute_infer.add(infer_ns * requests, requests)
+        self.compute_output.add(output_ns * requests, requests)
         batch = self.batches.get(batch_size)
         if batch is None:
             batch = self.batches[batch_size] = BatchStats()

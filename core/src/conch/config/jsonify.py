@@ -31,6 +31,9 @@ _INT64_TYPES = frozenset(
 )
 
 
+_FLOAT_TYPES = frozenset({FieldDescriptor.TYPE_FLOAT, FieldDescriptor.TYPE_DOUBLE})
+
+
 def config_to_json(config: ModelConfig) -> dict[str, Any]:
     """The config as Triton's ``GET v2/models/<m>/config`` returns it (a dict ready for ``json.dumps``)."""
     raw = json_format.MessageToDict(config, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
@@ -60,6 +63,8 @@ def _fix_scalar(value: Any, fd: FieldDescriptor) -> Any:
         return _fix_message(value, fd.message_type)
     if fd.type in _INT64_TYPES and isinstance(value, str):
         return int(value)
+    if fd.type in _FLOAT_TYPES and isinstance(value, float) and value.is_integer():
+        return int(value)  # Triton's printer writes 1.0 as 1 (e.g. "fp32_false_true":[0,1])
     return value
 
 

@@ -6,8 +6,9 @@ run, or until it has been idle for ``max_sequence_idle_microseconds`` (default 1
 the free slots wait in a backlog, in arrival order. Each instance forms batches of at most one request
 per sequence bound to it (oldest first), so the requests of a sequence never overtake each other.
 Slots per instance: ``max_batch_size`` (at least 1) with the ``direct`` strategy, and
-``max_candidate_sequences`` shared out among the instances with ``oldest``. Unlike Triton's ``direct``
-strategy, batches are not padded with READY=0 requests for empty slots.
+``max_candidate_sequences`` with ``oldest``. Unlike Triton's ``direct`` strategy, batches are not padded
+with READY=0 requests for empty slots, and a sequence is never force-ended while a request of it runs
+(its idle time counts from that request's end).
 
 Implicit state (``sequence_batching.state``): the batcher adds each state input to a request (the
 initial state on START) and asks for the state output, which it keeps for the sequence's next request
@@ -175,6 +176,15 @@ def _flag(request: InferenceRequest, name: str) -> bool:
     return bool(request.parameters.get(name))
 
 
+def _expired(request: InferenceRequest, now_ns: int) -> bool:
+    """Whether the request's own ``timeout`` (microseconds, 0: none) has passed."""
+    try:
+        timeout_us = int(request.parameters.get("timeout", 0) or 0)
+    except (TypeError, ValueError):
+        return False
+    return timeout_us > 0 and now_ns - request.arrival_ns > timeout_us * 1000
+
+
 class SequenceBatcher(Scheduler):
     """Sequence slots, backlog and per-instance dispatch for one model version."""
 
@@ -187,11 +197,13 @@ class SequenceBatcher(Scheduler):
         self.idle_ns = int(sequencing.max_sequence_idle_microseconds or DEFAULT_IDLE_US) * 1000
         self.controls = control_inputs(config)
         if sequencing.WhichOneof("strategy_choice") == "oldest":
-            candidates = max(int(sequencing.oldest.max_candidate_sequences), 1)
-            per_lane = [candidates // len(runners) + (i < candidates % len(runners)) for i in range(len(runners))]
+            slots = max(int(sequencing.oldest.max_candidate_sequences), 1)  # per instance, as in Triton
         else:
-            per_lane = [self.max_batch] * len(runners)
-        self.lanes = [_Lane(runner, max(slots, 1)) for runner, slots in zip(runners, per_lane, strict=True)]
+            slots = self.max_batch
+        self.lanes = [_Lane(runner, slots) for runner in runners]
+        self.integer_ids = any(
+            c.kind == _Control.CONTROL_SEQUENCE_CORRID and c.datatype != "BYTES" for c in self.controls
+        )
         self.active: dict[int | str, _Sequence] = {}
         self.backlog: deque[_Sequence] = deque()
         self._tasks: list[asyncio.Task[None]] = []
@@ -218,9 +230,21 @@ class SequenceBatcher(Scheduler):
                 f"inference request to model '{self.model}' must specify a non-zero or non-empty correlation ID",
                 ErrorCode.INVALID_ARG,
             )
+        if isinstance(correlation_id, str) and self.integer_ids:
+            if not correlation_id.isdigit() or int(correlation_id) >= 1 << 64:
+                raise ConchError(
+                    f"inference request for sequence {correlation_id} to model '{self.model}': the model's CORRID "
+                    "control input is an integer, so a string correlation ID must be a decimal number below 2^64",
+                    ErrorCode.INVALID_ARG,
+                )
         sequence = self.active.get(correlation_id) or next(
             (s for s in self.backlog if s.correlation_id == correlation_id), None
         )
+        if sequence is not None and _flag(request, "sequence_start") and (sequence.requests or sequence.running):
+            log.warning(
+                "sequence %s for model '%s' has a conflict. The previous sequence did not end before this sequence "
+                "start. Previous sequence will be terminated early.", correlation_id, self.model,
+            )  # fmt: skip
         if sequence is None:
             if not _flag(request, "sequence_start"):
                 raise ConchError(
@@ -276,9 +300,13 @@ class SequenceBatcher(Scheduler):
                     request = sequence.requests.popleft()
                     if request.stream is not None and request.stream.cancelled:
                         continue  # dropped: its client went away
-                    self._add_controls(request, sequence.correlation_id)
-                    if self.states:
-                        self._add_states(request, sequence)
+                    try:
+                        self._add_controls(request, sequence.correlation_id)
+                        if self.states:
+                            self._add_states(request, sequence)
+                    except Exception as exc:  # noqa: BLE001 - one bad request never stops the instance's lane
+                        request.fail(f"failed to prepare the sequence request for model '{self.model}': {exc}")
+                        continue
                     batch.append(request)
                     members.append(sequence)
                     if _flag(request, "sequence_end"):
@@ -307,7 +335,7 @@ class SequenceBatcher(Scheduler):
         shape = [1, 1] if self.batch_dim else [1]
         for control in self.controls:
             if control.kind == _Control.CONTROL_SEQUENCE_CORRID:
-                value: Any = correlation_id
+                value: Any = int(correlation_id) if control.datatype != "BYTES" else correlation_id
             else:
                 if control.kind == _Control.CONTROL_SEQUENCE_START:
                     flag = _flag(request, "sequence_start")
@@ -340,18 +368,21 @@ class SequenceBatcher(Scheduler):
             request.stream = _StateStream(request.stream, sequence, self.states, hidden, self.batch_dim)
 
     async def _reap(self) -> None:
-        """End sequences idle for longer than ``max_sequence_idle_microseconds``; their slots go to the backlog."""
-        period = min(max(self.idle_ns / 4e9, 0.01), 1.0)
+        """End sequences idle for longer than ``max_sequence_idle_microseconds`` (their slots go to the backlog)
+        and fail backlogged sequences whose request ``timeout`` passed."""
+        period = min(max(self.idle_ns / 10e9, 0.005), 0.1)
         while True:
             await asyncio.sleep(period)
             now = time.monotonic_ns()
             for sequence in list(self.active.values()):
                 if not sequence.requests and not sequence.running and now - sequence.last_ns > self.idle_ns:
-                    log.warning(
-                        "sequence %s of model '%s' was idle for more than %d us: its slot is released",
-                        sequence.correlation_id, self.model, self.idle_ns // 1000,
-                    )  # fmt: skip
+                    log.debug("Reaper: CORRID %s: max sequence idle exceeded (model '%s')",
+                              sequence.correlation_id, self.model)  # fmt: skip
                     self._release(sequence)
+            for sequence in [s for s in self.backlog if any(_expired(r, now) for r in s.requests)]:
+                self.backlog.remove(sequence)
+                for request in sequence.requests:
+                    request.fail("timeout of the corresponding sequence has been expired", ErrorCode.UNAVAILABLE)
 
     async def stop(self) -> None:
         """Let every queued request run, then end the workers."""
