@@ -161,24 +161,29 @@ def test_a_sequence_without_a_free_slot_waits_in_the_backlog(sequence_server: Ru
     assert _send(module, client, "acc_one_slot", 1, sequence_id=402, sequence_end=True) == 8
 
 
-def test_onnx_sequence_model_gets_control_tensors_in_its_batch(tmp_path: Path) -> None:
-    """A concatenating backend (ONNX Runtime): the control tensors are [1, 1] per request, [B, 1] batched."""
+def _onnx_int32_model(repo: Path, name: str, config: str, nodes: list[object], inputs: list[str],
+                      outputs: list[str]) -> Path:  # fmt: skip
+    """``<repo>/<name>`` with ``config`` and a graph of INT32 ``[batch, 1]`` tensors built from ``nodes``."""
     from onnx import TensorProto, helper
 
     io = helper.make_tensor_value_info
     graph = helper.make_graph(
-        [
-            helper.make_node("Constant", [], ["hundred"], value=helper.make_tensor("h", TensorProto.INT32, [], [100])),
-            helper.make_node("Mul", ["START", "hundred"], ["start100"]),
-            helper.make_node("Add", ["INPUT", "start100"], ["with_start"]),
-            helper.make_node("Add", ["with_start", "END"], ["OUTPUT"]),
-        ],
+        nodes,
         "g",
-        [io(n, TensorProto.INT32, ["batch", 1]) for n in ("INPUT", "START", "END")],
-        [io("OUTPUT", TensorProto.INT32, ["batch", 1])],
+        [io(n, TensorProto.INT32, ["batch", 1]) for n in inputs],
+        [io(n, TensorProto.INT32, ["batch", 1]) for n in outputs],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
+    model_dir = write_model(repo, name, config)
+    (model_dir / "1" / "model.onnx").write_bytes(model.SerializeToString())
+    return model_dir
+
+
+def test_onnx_sequence_model_gets_control_tensors_in_its_batch(tmp_path: Path) -> None:
+    """A concatenating backend (ONNX Runtime): the control tensors are [1, 1] per request, [B, 1] batched."""
+    from onnx import TensorProto, helper
+
     repo = tmp_path / "repo"
     config = (
         'name: "onnx_seq"\nbackend: "onnxruntime"\nmax_batch_size: 4\n'
@@ -188,8 +193,13 @@ def test_onnx_sequence_model_gets_control_tensors_in_its_batch(tmp_path: Path) -
         '{ name: "START" control [ { kind: CONTROL_SEQUENCE_START int32_false_true: [ 0, 1 ] } ] }, '
         '{ name: "END" control [ { kind: CONTROL_SEQUENCE_END int32_false_true: [ 0, 1 ] } ] } ] }\n'
     )
-    model_dir = write_model(repo, "onnx_seq", config)
-    (model_dir / "1" / "model.onnx").write_bytes(model.SerializeToString())
+    nodes = [
+        helper.make_node("Constant", [], ["hundred"], value=helper.make_tensor("h", TensorProto.INT32, [], [100])),
+        helper.make_node("Mul", ["START", "hundred"], ["start100"]),
+        helper.make_node("Add", ["INPUT", "start100"], ["with_start"]),
+        helper.make_node("Add", ["with_start", "END"], ["OUTPUT"]),
+    ]
+    _onnx_int32_model(repo, "onnx_seq", config, nodes, ["INPUT", "START", "END"], ["OUTPUT"])
     server = start_server([repo], tmp_path)
     try:
         client = grpcclient.InferenceServerClient(server.grpc_url)
@@ -203,20 +213,8 @@ def test_onnx_sequence_model_gets_control_tensors_in_its_batch(tmp_path: Path) -
 def test_implicit_state_carries_the_output_state_to_the_next_request(tmp_path: Path) -> None:
     """``sequence_batching.state``: OUTPUT_STATE of one request is INPUT_STATE of the next; START gets the
     initial state; the client never sees the state unless it asks for it."""
-    from onnx import TensorProto, helper
+    from onnx import helper
 
-    io = helper.make_tensor_value_info
-    graph = helper.make_graph(
-        [
-            helper.make_node("Add", ["INPUT", "INPUT_STATE"], ["OUTPUT_STATE"]),
-            helper.make_node("Identity", ["OUTPUT_STATE"], ["OUTPUT"]),
-        ],
-        "g",
-        [io("INPUT", TensorProto.INT32, ["batch", 1]), io("INPUT_STATE", TensorProto.INT32, ["batch", 1])],
-        [io("OUTPUT", TensorProto.INT32, ["batch", 1]), io("OUTPUT_STATE", TensorProto.INT32, ["batch", 1])],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
     repo = tmp_path / "repo"
     config = (
         'name: "stateful"\nbackend: "onnxruntime"\nmax_batch_size: 4\n'
@@ -226,8 +224,11 @@ def test_implicit_state_carries_the_output_state_to_the_next_request(tmp_path: P
         'data_type: TYPE_INT32 dims: [ 1 ] initial_state [ { data_type: TYPE_INT32 dims: [ 1 ] '
         'data_file: "hundred" name: "start at 100" } ] } ] }\n'
     )
-    model_dir = write_model(repo, "stateful", config)
-    (model_dir / "1" / "model.onnx").write_bytes(model.SerializeToString())
+    nodes = [
+        helper.make_node("Add", ["INPUT", "INPUT_STATE"], ["OUTPUT_STATE"]),
+        helper.make_node("Identity", ["OUTPUT_STATE"], ["OUTPUT"]),
+    ]
+    model_dir = _onnx_int32_model(repo, "stateful", config, nodes, ["INPUT", "INPUT_STATE"], ["OUTPUT", "OUTPUT_STATE"])
     (model_dir / "initial_state").mkdir()
     (model_dir / "initial_state" / "hundred").write_bytes(np.array([100], np.int32).tobytes())
     server = start_server([repo], tmp_path)

@@ -113,15 +113,15 @@ def _ensemble_problem(
     name: str, config: ModelConfig, reports: dict[str, ConfigReport], ensembles: dict[str, ModelConfig]
 ) -> str | None:
     """What would stop ``name`` from loading once its composing models are loaded, or None."""
-    from conch.config.ensemble import check_composing
+    from conch.config.ensemble import check_composing, cycle_error
 
     called = sorted({step.model_name for step in config.ensemble_scheduling.step})
     missing = [model for model in called if model not in reports]
     if missing:
         return f"ensemble {name} contains models that are not available or ambiguous: {', '.join(missing)}"
-    cycle = _cycle(name, ensembles)
-    if cycle:
-        return f"circular dependency between ensembles: {name} -> ... -> {cycle[-2]} -> {name}"
+    cycle = cycle_error(name, {e: {s.model_name for s in c.ensemble_scheduling.step} for e, c in ensembles.items()})
+    if cycle is not None:
+        return cycle.message
     composing: dict[str, ModelConfig] = {}
     for model in called:
         composed = reports[model].config
@@ -133,27 +133,6 @@ def _ensemble_problem(
     except ConchError as exc:
         return exc.message
     return None
-
-
-def _cycle(name: str, ensembles: dict[str, ModelConfig]) -> list[str]:
-    """A chain of ensembles from ``name`` back to itself ([] when none)."""
-    path = [name]
-
-    def walk(current: str, seen: set[str]) -> bool:
-        config = ensembles.get(current)
-        for step in sorted({s.model_name for s in config.ensemble_scheduling.step} if config else ()):
-            if step == name:
-                path.append(name)
-                return True
-            if step not in seen and step in ensembles:
-                seen.add(step)
-                path.append(step)
-                if walk(step, seen):
-                    return True
-                path.pop()
-        return False
-
-    return path if walk(name, {name}) else []
 
 
 def _strip_location(error: ConchError) -> str:

@@ -363,6 +363,8 @@ class ModelManager:
         try:
             available = await asyncio.to_thread(self.repository.versions, model_dir)
             selected = self.repository.select_versions(config, available)
+            if backend is None:
+                await self._composing_models_ready(name, config)
         except ConchError as exc:
             if folder is not None:
                 folder.remove()
@@ -370,16 +372,6 @@ class ModelManager:
                 entry.state, entry.reason = ModelState.UNAVAILABLE, exc.message
             log.error("failed to load model '%s': %s", name, exc.message)
             return LoadFailed(f"load failed for model '{name}': {exc.message}", ErrorCode.INVALID_ARG)
-        if backend is None:
-            try:
-                await self._composing_models_ready(name, config)
-            except ConchError as exc:
-                if folder is not None:
-                    folder.remove()
-                if not had_versions:
-                    entry.state, entry.reason = ModelState.UNAVAILABLE, exc.message
-                log.error("failed to load '%s': %s", name, exc.message)
-                return LoadFailed(f"load failed for model '{name}': {exc.message}", ErrorCode.INVALID_ARG)
         entry.state, entry.reason = ModelState.UNKNOWN, ""
         settings = self._settings_for(backend) if backend is not None else {}
         old = dict(entry.versions)
@@ -452,31 +444,11 @@ class ModelManager:
             )
 
     def _check_cycle(self, name: str) -> None:
-        cycle = self._cycle_through(name)
-        if cycle:
-            raise ConchError(
-                f"circular dependency between ensembles: {name} -> ... -> {cycle[-2]} -> {name}", ErrorCode.INVALID_ARG
-            )
+        from conch.config.ensemble import cycle_error
 
-    def _cycle_through(self, name: str) -> list[str]:
-        """A chain of ensembles that leads from ``name`` back to itself, if any ([] when none)."""
-        path = [name]
-
-        def walk(current: str, seen: set[str]) -> bool:
-            for dependency in sorted(self._ensembles.get(current, ())):
-                if dependency == name:
-                    path.append(name)
-                    return True
-                if dependency in seen:
-                    continue
-                seen.add(dependency)
-                path.append(dependency)
-                if walk(dependency, seen):
-                    return True
-                path.pop()
-            return False
-
-        return path if walk(name, {name}) else []
+        error = cycle_error(name, self._ensembles)
+        if error is not None:
+            raise error
 
     async def _load_version(
         self,

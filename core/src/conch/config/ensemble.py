@@ -8,13 +8,13 @@ from inputs to outputs) is checked with the rest of the config (``config.validat
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from conch._proto.model_config_pb2 import DataType, ModelConfig
 from conch.errors import ConchError, ErrorCode
 
-__all__ = ["check_composing"]
+__all__ = ["check_composing", "cycle_error"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,3 +142,24 @@ def _record(tensors: dict[str, _Seen], tensor: str, seen: _Seen, ensemble: str) 
         tensors[tensor] = seen
     else:
         _consistent(first, seen, f"in ensemble {ensemble}, ensemble tensor {tensor}: ")
+
+
+def cycle_error(name: str, calls: Mapping[str, Iterable[str]]) -> ConchError | None:
+    """Triton's error when ensemble ``name`` reaches itself through ``calls`` (ensemble -> models it calls)."""
+    path = [name]
+
+    def walk(current: str, seen: set[str]) -> bool:
+        for called in sorted(calls.get(current, ())):
+            if called == name:
+                return True
+            if called not in seen and called in calls:
+                seen.add(called)
+                path.append(called)
+                if walk(called, seen):
+                    return True
+                path.pop()
+        return False
+
+    if not walk(name, {name}):
+        return None
+    return ConchError(f"circular dependency between ensembles: {name} -> ... -> {path[-1]} -> {name}", ErrorCode.INVALID_ARG)
