@@ -353,8 +353,6 @@ def test_unknown_routes(client: TestClient, path: str) -> None:
         ),
         ("GET", "/v2/systemsharedmemory/region/r/status", 404, "Unable to find system shared memory region: 'r'"),
         ("GET", "/v2/cudasharedmemory/region/r/status", 404, "Unable to find cuda shared memory region: 'r'"),
-        ("POST", "/v2/models/echo/generate", 501, "generate is not supported by this server yet"),
-        ("POST", "/v2/models/echo/generate_stream", 501, "generate is not supported by this server yet"),
     ],
 )
 def test_features_conch_does_not_have_yet(

@@ -16,14 +16,15 @@ import asyncio
 import base64
 import logging
 import re
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from starlette.types import Message, Receive, Scope, Send
 
 from conch.errors import ConchError, ErrorCode
-from conch.frontends.http import codec, compression, jsonio
-from conch.frontends.http.responses import Headers, Response, request_headers
+from conch.frontends.http import codec, compression, generate, jsonio
+from conch.frontends.http.responses import Headers, Response, StreamResponse, request_headers
 from conch.inference import InferenceResponse, ResponseStream
 from conch.service import parse_version
 
@@ -57,7 +58,6 @@ MISSING_FEATURES = {
     "logging": ConchError("the server does not support dynamic logging", ErrorCode.UNAVAILABLE),
     "system": ConchError("system shared memory is not supported by this server yet", ErrorCode.UNSUPPORTED),
     "cuda": ConchError("CUDA shared memory is not supported by this server yet", ErrorCode.UNSUPPORTED),
-    "generate": ConchError("generate is not supported by this server yet", ErrorCode.UNSUPPORTED),
 }
 
 
@@ -131,7 +131,7 @@ class HTTPApp:
 
     # -- routing ----------------------------------------------------------------------------------
 
-    async def _route(self, scope: Scope, receive: Receive, headers: Headers) -> Response:
+    async def _route(self, scope: Scope, receive: Receive, headers: Headers) -> Response | StreamResponse:
         path = _raw_path(scope)
         method = scope["method"]
         if path == "/v2/models/stats":
@@ -160,7 +160,8 @@ class HTTPApp:
                 _allow(method, "GET")
                 return json_response(self.service.model_metadata(name, parse_version(version_text)))
             if kind in ("generate", "generate_stream"):
-                return _missing(method, ("POST",), "generate")
+                _allow(method, "POST")
+                return await self._generate(receive, headers, name, version_text, kind == "generate_stream")
             if kind == "stats":
                 return self._statistics(method, name, version_text)
             if kind == "trace/setting" and not version_text:
@@ -249,6 +250,38 @@ class HTTPApp:
         else:
             content = encoded.body()
         return Response(content, media_type=content_type, headers=out_headers)
+
+    async def _generate(
+        self, receive: Receive, headers: Headers, name: str, version_text: str, streaming: bool
+    ) -> Response | StreamResponse:
+        """Triton's generate extension (``frontends/http/generate.py``); decoupled models too."""
+        model = self.service.model(name, parse_version(version_text))
+        if compression.request_encoding(headers.get("content-encoding")) != compression.IDENTITY:
+            raise ConchError("Unsupported content-encoding, only 'identity' is supported.", ErrorCode.INVALID_ARG)
+        body = await self._read_body(receive, headers)
+        request = generate.generate_request(jsonio.loads(body) if len(body) else {}, model, self.max_input_size)
+        stream = self.service.submit(request, model)
+        first = await _response_or_disconnect(stream, receive)
+        status = first.error.code.http_status if first.error is not None else 200
+        if streaming:
+            return StreamResponse(_events(first, stream), "text/event-stream; charset=utf-8", status)
+        responses = [first] if first.outputs or first.error is not None or not first.final else []
+        if not first.final:
+            async for response in stream:
+                if response.outputs or response.error is not None or not response.final:
+                    responses.append(response)
+        if first.error is not None:
+            return Response(jsonio.error_body(first.error.message), status, media_type=JSON)
+        if len(responses) != 1:
+            return Response(
+                jsonio.error_body(
+                    "generate expects model to produce exactly 1 response, use generate stream for model that "
+                    "generates various number of responses"
+                ),
+                500,
+                media_type=JSON,
+            )
+        return Response(generate.response_json(responses[0]), media_type=JSON)
 
     async def _read_body(self, receive: Receive, headers: Headers) -> bytes | memoryview:
         """The whole request body, refused (the rest unread) once it passes ``max_input_size``.
@@ -353,6 +386,21 @@ async def _response_or_disconnect(stream: ResponseStream, receive: Receive) -> I
     if stream.cancelled:
         raise _ClientGone
     return response
+
+
+async def _events(first: InferenceResponse, stream: ResponseStream) -> AsyncIterator[bytes]:
+    """Each response of a generate_stream request as a server-sent event (errors as error events)."""
+    response: InferenceResponse | None = first
+    try:
+        while response is not None:
+            if response.error is not None:
+                yield generate.sse_event(jsonio.error_body(response.error.message))
+            elif response.outputs or response.parameters or not response.final:
+                yield generate.sse_event(generate.response_json(response))
+            response = None if response.final else await stream.next()
+    finally:
+        if not stream.done:
+            stream.cancelled = True  # the client went away: queued work for it is dropped
 
 
 async def _disconnected(receive: Receive) -> bool:

@@ -6,7 +6,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 
 from starlette.types import Receive, Scope, Send
 
@@ -69,3 +69,21 @@ class Response:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
         await send({"type": "http.response.body", "body": self.body})
+
+
+class StreamResponse:
+    """A response whose body is produced piece by piece (chunked transfer encoding), e.g. server-sent events."""
+
+    __slots__ = ("status_code", "media_type", "parts")
+
+    def __init__(self, parts: AsyncIterator[bytes], media_type: str, status_code: int = 200) -> None:
+        self.parts = parts
+        self.media_type = media_type
+        self.status_code = status_code
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        headers = [(b"content-type", self.media_type.encode("latin-1"))]
+        await send({"type": "http.response.start", "status": self.status_code, "headers": headers})
+        async for part in self.parts:
+            await send({"type": "http.response.body", "body": part, "more_body": True})
+        await send({"type": "http.response.body", "body": b""})
