@@ -56,6 +56,22 @@ TOKENS = textwrap.dedent(
 )
 
 
+UPPER = textwrap.dedent(
+    """
+    import numpy as np
+    import triton_python_backend_utils as pb_utils
+
+    class TritonPythonModel:
+        def execute(self, requests):
+            out = []
+            for request in requests:
+                word = pb_utils.get_input_tensor_by_name(request, "text_input").as_numpy()[0].decode()
+                out.append(pb_utils.InferenceResponse([pb_utils.Tensor("text_output", np.array([word.upper()], dtype=object))]))
+            return out
+    """
+)
+
+
 @pytest.fixture(scope="module")
 def generate_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     repo = tmp_path_factory.mktemp("generate")
@@ -77,6 +93,27 @@ def generate_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runnin
         'output [ { name: "text_output" data_type: TYPE_STRING dims: [ 1 ] } ]\n'
         "model_transaction_policy { decoupled: true }\n",
         files={"1/model.py": TOKENS},
+    )
+    # An LLM-style pipeline: a decoupled "model" streams words, a post-processing model upper-cases each.
+    write_model(
+        repo,
+        "upper",
+        'name: "upper"\nbackend: "python"\nmax_batch_size: 0\n'
+        'input [ { name: "text_input" data_type: TYPE_STRING dims: [ 1 ] } ]\n'
+        'output [ { name: "text_output" data_type: TYPE_STRING dims: [ 1 ] } ]\n',
+        files={"1/model.py": UPPER},
+    )
+    write_model(
+        repo,
+        "pipeline",
+        'name: "pipeline"\nplatform: "ensemble"\nmax_batch_size: 0\n'
+        'input [ { name: "text_input" data_type: TYPE_STRING dims: [ 1 ] } ]\n'
+        'output [ { name: "text_output" data_type: TYPE_STRING dims: [ 1 ] } ]\n'
+        "ensemble_scheduling { step [ "
+        '{ model_name: "tokens" model_version: -1 input_map { key: "text_input" value: "text_input" } '
+        'output_map { key: "text_output" value: "word" } }, '
+        '{ model_name: "upper" model_version: -1 input_map { key: "text_input" value: "word" } '
+        'output_map { key: "text_output" value: "text_output" } } ] }\n',
     )
     server = start_server([repo], tmp_path_factory.mktemp("generate_server"))
     yield server
@@ -137,3 +174,13 @@ def test_generate_refuses_what_it_cannot_answer(generate_server: RunningServer) 
     assert shape.status_code == 400
     assert shape.json()["error"] == "The schema can not convert input 'text_input' to tensor with proper shape"
     assert requests.get(f"{base}/v2/models/shout/generate").status_code == 405
+
+
+def test_generate_stream_through_an_ensemble_with_a_decoupled_step(generate_server: RunningServer) -> None:
+    reply = requests.post(
+        f"{generate_server.base}/v2/models/pipeline/generate_stream", json={"text_input": "streams are fun"}
+    )
+    assert reply.status_code == 200
+    events = [json.loads(chunk[len("data: "):]) for chunk in reply.text.split("\n\n") if chunk]
+    assert [e["text_output"] for e in events] == ["STREAMS", "ARE", "FUN"]
+    assert {e["model_name"] for e in events} == {"pipeline"}
