@@ -837,7 +837,6 @@ def test_unsupported_features(client: tc.InferenceServerClient) -> None:
         (client.get_system_shared_memory_status, "system shared memory"),
         (client.get_cuda_shared_memory_status, "CUDA shared memory"),
         (client.get_trace_settings, "trace"),
-        (client.get_log_settings, "logging"),
     ]:
         error = _error(call)
         assert (error.status(), error.message()) == (

@@ -332,7 +332,6 @@ def test_unknown_routes(client: TestClient, path: str) -> None:
     [
         ("GET", "/v2/trace/setting", 503, "the server does not support tracing"),
         ("POST", "/v2/models/echo/trace/setting", 503, "the server does not support tracing"),
-        ("GET", "/v2/logging", 503, "the server does not support dynamic logging"),
         (
             "POST",
             "/v2/systemsharedmemory/region/r/register",

@@ -12,6 +12,7 @@ import re
 from typing import TYPE_CHECKING, Any
 
 from conch import __version__
+from conch import log as conch_log
 from conch.custom_metrics import CustomMetrics
 from conch.errors import ConchError, ErrorCode
 from conch.inference import InferenceRequest, InferenceResponse, ResponseStream
@@ -30,6 +31,7 @@ EXTENSIONS = [
     "binary_tensor_data",
     "parameters",
     "statistics",
+    "logging",
 ]
 
 
@@ -103,6 +105,16 @@ class InferenceService:
 
     def metadata(self) -> dict[str, Any]:
         return {"name": self.server_id, "version": __version__, "extensions": list(EXTENSIONS)}
+
+    # -- logging extension ---------------------------------------------------------------------
+
+    def log_settings(self) -> dict[str, Any]:
+        """The server's log settings, every key of Triton's ``/v2/logging``."""
+        return conch_log.settings()
+
+    def set_log_setting(self, key: str, value: bool | int | str) -> None:
+        """Change one of :data:`conch.log.RUNTIME_SETTINGS`; the frontend has checked ``value``."""
+        conch_log.update(**{key: value})
 
     # -- models ----------------------------------------------------------------------------------
 

@@ -4,7 +4,8 @@ One dispatcher task per model version forms a batch whenever an instance is free
 preferred size that can be formed goes at once; otherwise it waits for more requests, but never longer
 than ``max_queue_delay_microseconds`` after the oldest request of the pending batch arrived. Requests
 whose variable-size inputs differ in shape never share a batch unless the input allows ragged batches.
-At ``--log-verbose=1`` every batch is logged with its size and the reason it closed.
+At ``--log-verbose=1`` (or ``log_verbose_level`` 1 set through the logging extension) every batch is
+logged with its size and the reason it closed.
 """
 
 from __future__ import annotations
@@ -81,7 +82,6 @@ class DynamicBatcher(Scheduler):
         self._running: set[asyncio.Task[None]] = set()
         self._stopping = False
         self._orderer = ResponseOrderer() if self.preserve_ordering else None
-        self._verbose = log.isEnabledFor(logging.DEBUG)
 
     @property
     def pending(self) -> int:
@@ -223,7 +223,7 @@ class DynamicBatcher(Scheduler):
         if self._orderer is not None:
             for request in requests:
                 self._orderer.attach(request)
-        if self._verbose:
+        if log.isEnabledFor(logging.DEBUG):  # asked per batch: the logging extension changes it at run time
             rows = sum(entry.size for entry in entries)
             log.debug(
                 "batch for %s: %d requests, batch size %d, on instance '%s'; closed: %s",

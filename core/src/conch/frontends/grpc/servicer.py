@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import grpc
 from google.protobuf import json_format
 
+from conch import log as conch_log
 from conch._proto import grpc_service_pb2 as pb
 from conch.errors import ConchError, ErrorCode
 from conch.frontends.grpc import codec
@@ -35,6 +36,14 @@ OFFLOAD_THRESHOLD = 4 * 1024 * 1024
 
 DECOUPLED_UNARY = "ModelInfer RPC doesn't support models with decoupled transaction policy"
 REPOSITORY_NAME = "'repository_name' specification is not supported"
+LOG_FILE_FIXED = "log file location can not be updated through network protocol"
+
+#: The ``SettingValue`` field of each log setting type, and the name Triton's type errors give it.
+_SETTING_FIELDS: dict[type, tuple[str, str]] = {
+    bool: ("bool_param", "boolean"),
+    int: ("uint32_param", "int32"),
+    str: ("string_param", "string"),
+}
 
 
 def _status(error: ConchError) -> grpc.StatusCode:
@@ -135,6 +144,31 @@ class GRPCInferenceServicer:
     ) -> pb.ModelStatisticsResponse:
         stats = self.service.model_statistics(request.name, parse_version(request.version))
         return json_format.ParseDict(stats, pb.ModelStatisticsResponse())
+
+    # -- logging extension -----------------------------------------------------------------------
+
+    @_rpc
+    async def LogSettings(self, request: pb.LogSettingsRequest, context: Any) -> pb.LogSettingsResponse:
+        """Apply the request's settings in Triton's order (each before the next is checked), answer all."""
+        settings = request.settings
+        if "log_file" in settings:
+            raise ConchError(LOG_FILE_FIXED, ErrorCode.UNSUPPORTED)
+        for key, kind in conch_log.RUNTIME_SETTINGS:
+            if key not in settings:
+                continue
+            field, name = _SETTING_FIELDS[kind]
+            setting = settings[key]
+            if setting.WhichOneof("parameter_choice") != field:
+                raise ConchError(f"expect {name} for '{key}'", ErrorCode.INVALID_ARG)
+            value = getattr(setting, field)
+            if key == "log_format" and value not in conch_log.FORMATS:
+                raise ConchError(f"invalid argument for log_format, got: {value}", ErrorCode.INVALID_ARG)
+            self.service.set_log_setting(key, value)
+        response = pb.LogSettingsResponse()
+        for key, value in self.service.log_settings().items():
+            field, _ = _SETTING_FIELDS[type(value)]
+            setattr(response.settings[key], field, value)
+        return response
 
     # -- repository ------------------------------------------------------------------------------
 
@@ -253,7 +287,6 @@ class GRPCInferenceServicer:
     CudaSharedMemoryRegister = _unsupported("CUDA shared memory")
     CudaSharedMemoryUnregister = _unsupported("CUDA shared memory")
     TraceSetting = _unsupported("trace")
-    LogSettings = _unsupported("logging")
 
 
 class _Abort:

@@ -16,12 +16,13 @@ import asyncio
 import base64
 import logging
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from starlette.types import Message, Receive, Scope, Send
 
+from conch import log as conch_log
 from conch.errors import ConchError, ErrorCode
 from conch.frontends.http import codec, compression, generate, jsonio
 from conch.frontends.http.responses import Headers, Response, StreamResponse, request_headers
@@ -49,13 +50,14 @@ _CUDA_SHM = re.compile(r"/v2/cudasharedmemory(?:/region/([^/]+))?/(status|regist
 _REPOSITORY = re.compile(r"/v2/repository(?:/([^/]+))?/(index|models/([^/]+)/(load|unload))")
 _TRACE = re.compile(r"/v2/trace/setting")
 
-#: Triton features Conch does not have (yet). Statistics (for a service without them), tracing and
-#: logging answer as a Triton built without them does (UNAVAILABLE, Triton's texts); the others, which
-#: Triton cannot be built without, as UNSUPPORTED naming the feature.
+LOG_FILE_FIXED = "log file location can not be updated through network protocol"
+
+#: Triton features Conch does not have (yet). Statistics (for a service without them) and tracing
+#: answer as a Triton built without them does (UNAVAILABLE, Triton's texts); the others, which Triton
+#: cannot be built without, as UNSUPPORTED naming the feature.
 MISSING_FEATURES = {
     "statistics": ConchError("the server does not support model statistics", ErrorCode.UNAVAILABLE),
     "trace": ConchError("the server does not support tracing", ErrorCode.UNAVAILABLE),
-    "logging": ConchError("the server does not support dynamic logging", ErrorCode.UNAVAILABLE),
     "system": ConchError("system shared memory is not supported by this server yet", ErrorCode.UNSUPPORTED),
     "cuda": ConchError("CUDA shared memory is not supported by this server yet", ErrorCode.UNSUPPORTED),
 }
@@ -137,7 +139,7 @@ class HTTPApp:
         if path == "/v2/models/stats":
             return self._statistics(method, "", "")
         if path == "/v2/logging":
-            return _missing(method, ("GET", "POST"), "logging")
+            return await self._logging(method, receive, headers)
         match = _MODEL.fullmatch(path)
         if match is not None:
             name, version_text, kind = match[1], match[2] or "", match[3] or ""
@@ -330,6 +332,19 @@ class HTTPApp:
         body = await self._read_body(receive, headers)
         return jsonio.loads(body) if len(body) else None
 
+    # -- logging extension ---------------------------------------------------------------------------
+
+    async def _logging(self, method: str, receive: Receive, headers: Headers) -> Response:
+        """``GET``/``POST /v2/logging``: the settings, after applying a POST's changes as Triton does."""
+        if method not in ("GET", "POST"):
+            raise _Reply("Method Not Allowed", 405)
+        if method == "POST":
+            document = jsonio.loads(await self._read_body(receive, headers))
+            if isinstance(document, dict):  # Triton ignores any other document
+                for key, value in _log_changes(document):
+                    self.service.set_log_setting(key, value)
+        return json_response(self.service.log_settings())
+
     # -- model repository ----------------------------------------------------------------------------
 
     async def _repository_index(self, receive: Receive, headers: Headers) -> Response:
@@ -424,6 +439,33 @@ def _missing(method: str, methods: tuple[str, ...], feature: str) -> Response:
     if method not in methods:
         raise _Reply("Method Not Allowed", 405)
     raise MISSING_FEATURES[feature]
+
+
+def _log_changes(document: dict[str, Any]) -> Iterator[tuple[str, bool | int | str]]:
+    """Checked changes of a ``POST /v2/logging`` body, in Triton's order, with its texts.
+
+    A change is applied before the next key is checked, so an error leaves the earlier ones in place,
+    as in Triton. ``null`` values count as absent; the log file cannot change.
+    """
+    if document.get("log_file") is not None:
+        raise ConchError(LOG_FILE_FIXED, ErrorCode.UNSUPPORTED)
+    for key, kind in conch_log.RUNTIME_SETTINGS:
+        value = document.get(key)
+        if value is None:
+            continue
+        if kind is bool:
+            if type(value) is not bool:
+                raise ConchError("attempt to access JSON non-boolean as boolean", ErrorCode.INTERNAL)
+        elif kind is int:
+            # Any unsigned 64-bit integer RapidJSON reads (conch.log narrows it as Triton does).
+            if type(value) is not int or not 0 <= value < 1 << 64:
+                raise ConchError("attempt to access JSON non-unsigned-integer as unsigned-integer", ErrorCode.INTERNAL)
+        else:
+            if type(value) is not str:
+                raise ConchError("attempt to access JSON non-string as string", ErrorCode.INTERNAL)
+            if value not in conch_log.FORMATS:
+                raise ConchError(f"invalid argument for --log_format, got: {value}", ErrorCode.UNAVAILABLE)
+        yield key, value
 
 
 def _shared_memory(method: str, kind: str, region: str, action: str) -> Response:
