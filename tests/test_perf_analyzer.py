@@ -33,3 +33,19 @@ def test_perf_analyzer_measures_identity(server: RunningServer, protocol: str) -
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "Throughput:" in proc.stdout
     assert "Successful request count:" in proc.stdout  # read from Conch's statistics extension
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_perf_analyzer_with_system_shared_memory(server: RunningServer, protocol: str) -> None:
+    """``--shared-memory=system``: inputs and outputs through regions it registers (and unregisters) itself."""
+    url = server.http_url if protocol == "http" else server.grpc_url
+    proc = subprocess.run(
+        [str(PERF_ANALYZER), "-m", "identity_fp32", "-i", protocol, "-u", url, "--shape", "INPUT0:16",
+         "--shared-memory=system", "--output-shared-memory-size=1024",
+         "--measurement-interval", "1000", "--concurrency-range", "2",
+         "--stability-percentage", "60", "--max-trials", "10"],
+        capture_output=True, text=True, timeout=180,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "Throughput:" in proc.stdout
+    assert "Unable to" not in proc.stdout + proc.stderr  # registering and unregistering every region worked

@@ -31,6 +31,7 @@ from conch._proto import model_config_pb2 as mc
 from conch.errors import ConchError, ErrorCode
 from conch.frontends.grpc import GRPCBindError, start_grpc_server
 from conch.inference import InferenceRequest, InferenceResponse, ResponseStream, Tensor
+from conch.shared_memory import SharedMemoryRegistry
 from conch.validation import Signature, validate
 
 ALL_DATATYPES = [row.name for row in tensors.BY_NAME.values()]
@@ -129,6 +130,7 @@ class FakeService:
         self.loads: list[tuple[str, dict[str, Any]]] = []
         self.unloads: list[tuple[str, bool]] = []
         self.sleeping: list[ResponseStream] = []
+        self.shared_memory = SharedMemoryRegistry()
         self._tasks: set[asyncio.Task[None]] = set()
         models = [
             FakeModel(
@@ -834,8 +836,7 @@ def test_repository(client: tc.InferenceServerClient, server: ServerThread, stub
 
 def test_unsupported_features(client: tc.InferenceServerClient) -> None:
     for call, feature in [
-        (client.get_system_shared_memory_status, "system shared memory"),
-        (client.get_cuda_shared_memory_status, "CUDA shared memory"),
+        (lambda: client.register_cuda_shared_memory("r", b"aGFuZGxl", 0, 8), "CUDA shared memory"),
         (client.get_trace_settings, "trace"),
     ]:
         error = _error(call)
@@ -843,6 +844,14 @@ def test_unsupported_features(client: tc.InferenceServerClient) -> None:
             "StatusCode.UNIMPLEMENTED",
             f"{feature} is not supported by this server yet",
         )
+
+
+def test_cuda_shared_memory_has_no_regions(client: tc.InferenceServerClient) -> None:
+    assert client.get_cuda_shared_memory_status(as_json=True) == {}
+    client.unregister_cuda_shared_memory()
+    client.unregister_cuda_shared_memory("r")
+    error = _error(lambda: client.get_cuda_shared_memory_status("r"))
+    assert (error.status(), error.message()) == ("StatusCode.NOT_FOUND", "Unable to find cuda shared memory region: 'r'")
 
 
 # -- health, reflection, binding ----------------------------------------------------------------

@@ -27,6 +27,7 @@ from conch._proto.model_config_pb2 import DataType, ModelConfig, ModelInput, Mod
 from conch.errors import ConchError, ErrorCode
 from conch.frontends.http import create_app
 from conch.inference import InferenceRequest, InferenceResponse, ResponseStream, Tensor
+from conch.shared_memory import SharedMemoryRegistry
 from conch.validation import Signature, validate
 
 # -- the fake service ------------------------------------------------------------------------------
@@ -96,6 +97,7 @@ class FakeService:
         self.calls: list[tuple[Any, ...]] = []
         self.fail_with: Exception | None = None
         self.hold = False  # leave requests unanswered
+        self.shared_memory = SharedMemoryRegistry()
 
     def is_live(self) -> bool:
         return self.live
@@ -335,8 +337,8 @@ def test_unknown_routes(client: TestClient, path: str) -> None:
         (
             "POST",
             "/v2/systemsharedmemory/region/r/register",
-            501,
-            "system shared memory is not supported by this server yet",
+            500,
+            "failed to parse the request JSON buffer: The document is empty. at 0",
         ),
         (
             "POST",
@@ -354,7 +356,7 @@ def test_unknown_routes(client: TestClient, path: str) -> None:
         ("GET", "/v2/cudasharedmemory/region/r/status", 404, "Unable to find cuda shared memory region: 'r'"),
     ],
 )
-def test_features_conch_does_not_have_yet(
+def test_features_conch_does_not_have_yet_and_edges(
     client: TestClient, method: str, path: str, status: int, message: str
 ) -> None:
     assert_error(client.request(method, path), status, message)
@@ -387,7 +389,7 @@ def test_statistics_missing_from_the_service(service: FakeService) -> None:
         assert_error(client.get("/v2/models/echo/stats"), 503, "the server does not support model statistics")
 
 
-def test_shared_memory_has_no_regions(client: TestClient) -> None:
+def test_shared_memory_without_regions(client: TestClient) -> None:
     for kind in ("system", "cuda"):
         response = client.get(f"/v2/{kind}sharedmemory/status")
         assert (response.status_code, response.json(), response.headers["content-type"]) == (200, [], JSON)

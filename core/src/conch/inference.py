@@ -45,8 +45,11 @@ class InferInput:
 
 @dataclass(slots=True)
 class RequestedOutput:
+    """An output the client asks for; ``shared_memory`` is the client's region its bytes go to, if any."""
+
     name: str
     parameters: dict[str, Any] = field(default_factory=dict)
+    shared_memory: memoryview | None = None
 
 
 @dataclass(slots=True)

@@ -273,6 +273,8 @@ class Server:
         if self.models is not None:
             await self.models.unload_all()
             log.info("All models are stopped, unloading models")
+        if self.service is not None:
+            self.service.shared_memory.unregister_all()
 
 
 def _bind(address: str, port: int, what: str) -> socket.socket:

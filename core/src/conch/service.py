@@ -17,6 +17,7 @@ from conch.custom_metrics import CustomMetrics
 from conch.errors import ConchError, ErrorCode
 from conch.inference import InferenceRequest, InferenceResponse, ResponseStream
 from conch.metrics import BUILTIN_FAMILIES
+from conch.shared_memory import SharedMemoryRegistry
 
 if TYPE_CHECKING:
     from conch._proto.model_config_pb2 import ModelConfig
@@ -28,6 +29,7 @@ EXTENSIONS = [
     "classification",
     "schedule_policy",
     "model_configuration",
+    "system_shared_memory",
     "binary_tensor_data",
     "parameters",
     "statistics",
@@ -89,6 +91,8 @@ class InferenceService:
         #: Metric families backends register (Python models' ``pb_utils.MetricFamily``), shown on the
         #: metrics endpoint; see :mod:`conch.custom_metrics`.
         self.custom_metrics = CustomMetrics(reserved=BUILTIN_FAMILIES)
+        #: Client shared memory regions, one registry for both frontends (:mod:`conch.shared_memory`).
+        self.shared_memory = SharedMemoryRegistry()
         self._idle = asyncio.Event()
         self._idle.set()
 

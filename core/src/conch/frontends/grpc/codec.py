@@ -27,6 +27,7 @@ from conch._proto.grpc_service_pb2 import (
 from conch.classification import Labels, classify
 from conch.errors import ConchError, ErrorCode
 from conch.inference import InferenceRequest, InferenceResponse, InferInput, RequestedOutput
+from conch.shared_memory import SharedMemoryRegistry, write_output
 
 #: Triton's gRPC message size limit (``MAX_GRPC_MESSAGE_SIZE``), also the server's send/receive limit.
 MAX_MESSAGE_SIZE = 2**31 - 1
@@ -194,8 +195,8 @@ def _request_parameters(message: ModelInferRequest) -> tuple[dict[str, Any], boo
     return parameters, empty_final
 
 
-def _check_shared_memory(tensor: Any) -> None:
-    """Triton's ``ParseSharedMemoryParams``; no region is ever registered here, so a valid one is unknown."""
+def _shared_memory(tensor: Any, regions: SharedMemoryRegistry | None) -> memoryview | None:
+    """The region bytes a tensor's parameters name (None: none named), as Triton's ``ParseSharedMemoryParams``."""
     params = tensor.parameters
     name = tensor.name
     region = params.get("shared_memory_region")
@@ -212,13 +213,23 @@ def _check_shared_memory(tensor: Any) -> None:
         if param.WhichOneof("parameter_choice") != "int64_param":
             raise _invalid(f"invalid value type for '{key}' parameter for tensor '{name}', expected int64_param.")
     if region is None:
-        return
-    if "shared_memory_byte_size" not in params:
+        return None
+    size = params.get("shared_memory_byte_size")
+    if size is None:
         raise _invalid(
             f"'shared_memory_byte_size' must be specified along with 'shared_memory_region' parameter for "
             f"tensor '{name}'"
         )
-    raise ConchError(f"Unable to find shared memory region: '{region.string_param}'", ErrorCode.NOT_FOUND)
+    if regions is None:
+        raise ConchError(f"Unable to find shared memory region: '{region.string_param}'", ErrorCode.NOT_FOUND)
+    offset = params.get("shared_memory_offset")
+    return regions.view(region.string_param, offset.int64_param if offset is not None else 0, size.int64_param)
+
+
+def shared_memory_outputs(request: InferenceRequest) -> dict[str, memoryview] | None:
+    """The outputs a request wants written to client shared memory, with their regions (None: none)."""
+    targets = {o.name: o.shared_memory for o in request.outputs if o.shared_memory is not None}
+    return targets or None
 
 
 def classification_counts(request: InferenceRequest) -> dict[str, int] | None:
@@ -293,8 +304,12 @@ def _aligned(view: bytes | memoryview, itemsize: int) -> bytes | memoryview:
     return bytes(view) if address % itemsize else view
 
 
-def decode_request(wire: WireInferRequest, version: int) -> tuple[InferenceRequest, bool]:
+def decode_request(
+    wire: WireInferRequest, version: int, regions: SharedMemoryRegistry | None = None
+) -> tuple[InferenceRequest, bool]:
     """Build the :class:`InferenceRequest`; also return the ``triton_enable_empty_final_response`` flag.
+
+    ``regions`` holds the client shared memory that tensors may name instead of carrying data.
 
     Checks run in Triton's order: parameters, inputs and outputs (duplicates), each input's data
     (shared memory, typed contents, raw contents), then the outputs' parameters. Raw bytes are left for
@@ -330,9 +345,12 @@ def decode_request(wire: WireInferRequest, version: int) -> tuple[InferenceReque
     raw = wire.raw
     index = 0
     for tensor in inputs:
-        if tensor.parameters:
-            _check_shared_memory(tensor)
         target = request.inputs[tensor.name]
+        if tensor.parameters:
+            region = _shared_memory(tensor, regions)
+            if region is not None:  # raw contents are not consumed, as in Triton
+                target.data = region.toreadonly()
+                continue
         if tensor.HasField("contents"):
             if raw:
                 raise _invalid(
@@ -351,9 +369,9 @@ def decode_request(wire: WireInferRequest, version: int) -> tuple[InferenceReque
             raise _invalid(f"unable to find data for input tensor '{tensor.name}' for model '{model_name}' in request.")
     # Raw entries beyond the inputs are ignored, as Triton 2.51 does.
 
-    for output in outputs:
+    for output, requested in zip(outputs, request.outputs, strict=True):
         if output.parameters:
-            _check_shared_memory(output)
+            requested.shared_memory = _shared_memory(output, regions)
             _check_classification(output)
     return request, empty_final
 
@@ -419,11 +437,14 @@ def encode_response(
     classes: dict[str, int] | None = None,
     batching: bool = False,
     labels: Labels | None = None,
+    regions: dict[str, memoryview] | None = None,
 ) -> EncodedResponse:
     """Encode a successful response; ``final`` (streaming only) adds ``triton_final_response``.
 
     ``classes`` maps outputs asked for as classifications to their class count (``batching``: the
-    model's first dimension is the batch; ``labels``: an output's class labels, if any).
+    model's first dimension is the batch; ``labels``: an output's class labels, if any). ``regions``
+    maps outputs asked for in client shared memory to their bytes there: those are written, and their
+    ``raw_output_contents`` entries are empty, as Triton's.
 
     Raises Triton's INVALID_ARG error when the message would exceed gRPC's 2 GiB limit.
     """
@@ -448,7 +469,12 @@ def encode_response(
         output.name = tensor.name
         output.datatype = row.name
         output.shape.extend(data.shape)
-        raws.append(tensors.to_raw(row, data))
+        destination = regions.get(tensor.name) if regions else None
+        if destination is not None:
+            write_output(tensor.name, destination, tensors.to_raw(row, data))
+            raws.append(b"")
+        else:
+            raws.append(tensors.to_raw(row, data))
     head = header.SerializeToString()
     parts: list[bytes | memoryview] = [head]
     size = len(head)

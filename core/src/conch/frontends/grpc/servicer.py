@@ -139,9 +139,7 @@ class GRPCInferenceServicer:
         return response
 
     @_rpc
-    async def ModelStatistics(
-        self, request: pb.ModelStatisticsRequest, context: Any
-    ) -> pb.ModelStatisticsResponse:
+    async def ModelStatistics(self, request: pb.ModelStatisticsRequest, context: Any) -> pb.ModelStatisticsResponse:
         stats = self.service.model_statistics(request.name, parse_version(request.version))
         return json_format.ParseDict(stats, pb.ModelStatisticsResponse())
 
@@ -234,7 +232,7 @@ class GRPCInferenceServicer:
         model = self.service.model(message.model_name, version)
         if model.decoupled:
             raise ConchError(DECOUPLED_UNARY, ErrorCode.UNSUPPORTED)
-        request, _ = codec.decode_request(wire, version)
+        request, _ = codec.decode_request(wire, version, self.service.shared_memory)
         try:
             response = await self.service.infer(request, model)
         except asyncio.CancelledError:
@@ -250,6 +248,7 @@ class GRPCInferenceServicer:
             classes=classes,
             batching=classes is not None and model.config.max_batch_size > 0,
             labels=getattr(model, "output_labels", None),
+            regions=codec.shared_memory_outputs(request),
         )
         return await _join(encoded.parts, encoded.size)
 
@@ -278,14 +277,58 @@ class GRPCInferenceServicer:
         finally:
             session.close()
 
+    # -- shared memory ---------------------------------------------------------------------------
+
+    @_rpc
+    async def SystemSharedMemoryStatus(
+        self, request: pb.SystemSharedMemoryStatusRequest, context: Any
+    ) -> pb.SystemSharedMemoryStatusResponse:
+        response = pb.SystemSharedMemoryStatusResponse()
+        for region in self.service.shared_memory.status(request.name):
+            response.regions[region["name"]].CopyFrom(pb.SystemSharedMemoryStatusResponse.RegionStatus(**region))
+        return response
+
+    @_rpc
+    async def SystemSharedMemoryRegister(
+        self, request: pb.SystemSharedMemoryRegisterRequest, context: Any
+    ) -> pb.SystemSharedMemoryRegisterResponse:
+        self.service.shared_memory.register(request.name, request.key, request.offset, request.byte_size)
+        return pb.SystemSharedMemoryRegisterResponse()
+
+    @_rpc
+    async def SystemSharedMemoryUnregister(
+        self, request: pb.SystemSharedMemoryUnregisterRequest, context: Any
+    ) -> pb.SystemSharedMemoryUnregisterResponse:
+        if request.name:
+            self.service.shared_memory.unregister(request.name)
+        else:
+            self.service.shared_memory.unregister_all()
+        return pb.SystemSharedMemoryUnregisterResponse()
+
+    @_rpc
+    async def CudaSharedMemoryStatus(
+        self, request: pb.CudaSharedMemoryStatusRequest, context: Any
+    ) -> pb.CudaSharedMemoryStatusResponse:
+        """No CUDA region can be registered: none listed, a named one unknown (as on HTTP)."""
+        if request.name in self.service.shared_memory:
+            raise ConchError(
+                f"The region named '{request.name}' is registered as system shared memory, not CUDA shared memory",
+                ErrorCode.NOT_FOUND,
+            )
+        if request.name:
+            raise ConchError(f"Unable to find cuda shared memory region: '{request.name}'", ErrorCode.NOT_FOUND)
+        return pb.CudaSharedMemoryStatusResponse()
+
+    @_rpc
+    async def CudaSharedMemoryUnregister(
+        self, request: pb.CudaSharedMemoryUnregisterRequest, context: Any
+    ) -> pb.CudaSharedMemoryUnregisterResponse:
+        """Nothing to unregister; succeeds, so clients that unregister everything at exit (perf_analyzer) do."""
+        return pb.CudaSharedMemoryUnregisterResponse()
+
     # -- not implemented -----------------------------------------------------------------------
 
-    SystemSharedMemoryStatus = _unsupported("system shared memory")
-    SystemSharedMemoryRegister = _unsupported("system shared memory")
-    SystemSharedMemoryUnregister = _unsupported("system shared memory")
-    CudaSharedMemoryStatus = _unsupported("CUDA shared memory")
     CudaSharedMemoryRegister = _unsupported("CUDA shared memory")
-    CudaSharedMemoryUnregister = _unsupported("CUDA shared memory")
     TraceSetting = _unsupported("trace")
 
 
@@ -404,7 +447,7 @@ class _StreamSession:
         request_id = message.id
         if error is None:
             try:
-                request, empty_final = codec.decode_request(wire, version)
+                request, empty_final = codec.decode_request(wire, version, self.service.shared_memory)
                 stream = self.service.submit(request, model)
             except Exception as exc:  # noqa: BLE001 - reported on the stream
                 error = exc
@@ -414,6 +457,7 @@ class _StreamSession:
 
         decoupled = model.decoupled
         classes = codec.classification_counts(request)
+        regions = codec.shared_memory_outputs(request)
         model_name = message.model_name
         requested_version = message.model_version
         served_version = str(model.version)
@@ -438,7 +482,7 @@ class _StreamSession:
                         yield codec.empty_final(request_id, model_name, requested_version)
                     continue
                 yield await self._encode(
-                    response, model_name, served_version, request_id, final, requested_version, model, classes
+                    response, model_name, served_version, request_id, final, requested_version, model, classes, regions
                 )
         finally:
             self.streams.discard(stream)
@@ -455,6 +499,7 @@ class _StreamSession:
         requested_version: str,
         model: Any,
         classes: dict[str, int] | None,
+        regions: dict[str, memoryview] | None,
     ) -> Any:
         try:
             encoded = codec.stream_wrap(
@@ -467,6 +512,7 @@ class _StreamSession:
                     classes=classes,
                     batching=classes is not None and model.config.max_batch_size > 0,
                     labels=getattr(model, "output_labels", None),
+                    regions=regions,
                 )
             )
         except Exception as exc:  # noqa: BLE001 - reported on the stream

@@ -58,7 +58,6 @@ LOG_FILE_FIXED = "log file location can not be updated through network protocol"
 MISSING_FEATURES = {
     "statistics": ConchError("the server does not support model statistics", ErrorCode.UNAVAILABLE),
     "trace": ConchError("the server does not support tracing", ErrorCode.UNAVAILABLE),
-    "system": ConchError("system shared memory is not supported by this server yet", ErrorCode.UNSUPPORTED),
     "cuda": ConchError("CUDA shared memory is not supported by this server yet", ErrorCode.UNSUPPORTED),
 }
 
@@ -176,10 +175,12 @@ class HTTPApp:
             _allow(method, "GET", TEXT)
             healthy = self.service.is_live() if match[1] == "live" else self.service.is_ready()
             return empty_response(TEXT, 200 if healthy else 400)
-        for expression, kind in ((_SYSTEM_SHM, "system"), (_CUDA_SHM, "cuda")):
-            match = expression.fullmatch(path)
-            if match is not None:
-                return _shared_memory(method, kind, match[1] or "", match[2])
+        match = _SYSTEM_SHM.fullmatch(path)
+        if match is not None:
+            return await self._system_shared_memory(receive, headers, method, match[1] or "", match[2])
+        match = _CUDA_SHM.fullmatch(path)
+        if match is not None:
+            return self._cuda_shared_memory(method, match[1] or "", match[2])
         match = _REPOSITORY.fullmatch(path)
         if match is not None:
             _allow(method, "POST")
@@ -224,7 +225,9 @@ class HTTPApp:
         if header_length == 0:
             decoded = codec.decode_raw_request(body, model.name, model.version, model.config)
         else:
-            decoded = codec.decode_infer_request(body, header_length, model.name, model.version)
+            decoded = codec.decode_infer_request(
+                body, header_length, model.name, model.version, self.service.shared_memory
+            )
         stream = self.service.submit(decoded.request, model)
         # Errors of the response (execution, encoding) are plain again.
         try:
@@ -344,6 +347,46 @@ class HTTPApp:
                 for key, value in _log_changes(document):
                     self.service.set_log_setting(key, value)
         return json_response(self.service.log_settings())
+
+    # -- shared memory -------------------------------------------------------------------------------
+
+    async def _system_shared_memory(
+        self, receive: Receive, headers: Headers, method: str, region: str, action: str
+    ) -> Response:
+        """Status (all regions or one), register and unregister (one region or all), as Triton answers."""
+        _allow(method, "GET" if action == "status" else "POST")
+        regions = self.service.shared_memory
+        if action == "status":
+            return json_response(regions.status(region))
+        if action == "unregister":
+            if region:
+                regions.unregister(region)
+            else:
+                regions.unregister_all()
+            return empty_response(JSON)
+        if not region:
+            raise ConchError("'region name' is necessary to register system shared memory region")
+        key, offset, byte_size = _register_fields(jsonio.loads(await self._read_body(receive, headers)))
+        regions.register(region, key, offset, byte_size)
+        return empty_response(JSON)
+
+    def _cuda_shared_memory(self, method: str, region: str, action: str) -> Response:
+        """No CUDA region can be registered: status lists none, unregistering is a no-op, registering fails."""
+        _allow(method, "GET" if action == "status" else "POST")
+        if action == "status":
+            if region in self.service.shared_memory:
+                raise ConchError(
+                    f"The region named '{region}' is registered as system shared memory, not CUDA shared memory",
+                    ErrorCode.NOT_FOUND,
+                )
+            if region:
+                raise ConchError(f"Unable to find cuda shared memory region: '{region}'", ErrorCode.NOT_FOUND)
+            return json_response([])
+        if action == "unregister":
+            return empty_response(JSON)
+        if not region:
+            raise ConchError("'region name' is necessary to register cuda shared memory region")
+        raise MISSING_FEATURES["cuda"]
 
     # -- model repository ----------------------------------------------------------------------------
 
@@ -480,6 +523,22 @@ def _shared_memory(method: str, kind: str, region: str, action: str) -> Response
     if not region:
         raise ConchError(f"'region name' is necessary to register {kind} shared memory region")
     raise MISSING_FEATURES[kind]
+
+def _register_fields(document: Any) -> tuple[str, int, int]:
+    """``key``, ``offset`` (default 0) and ``byte_size`` of a register body, with Triton's texts."""
+    if not isinstance(document, dict) or "key" not in document:
+        raise ConchError("Shared memory register request has no 'key' field")
+    key = document["key"]
+    if not isinstance(key, str):
+        raise ConchError("attempt to access JSON non-string as string", ErrorCode.INTERNAL)
+    offset = document.get("offset", 0)
+    if "byte_size" not in document:
+        raise ConchError("Shared memory register request has no 'byte_size' field")
+    byte_size = document["byte_size"]
+    for value in (offset, byte_size):
+        if type(value) is not int or not 0 <= value < 1 << 64:
+            raise ConchError("attempt to access JSON non-unsigned-integer as unsigned-integer", ErrorCode.INTERNAL)
+    return key, offset, byte_size
 
 
 def _content_length(headers: Headers) -> int | None:

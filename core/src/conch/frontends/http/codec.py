@@ -21,6 +21,7 @@ from conch.classification import Labels, classify
 from conch.errors import ConchError, ErrorCode
 from conch.frontends.http import jsonio
 from conch.inference import InferenceRequest, InferenceResponse, InferInput, RequestedOutput
+from conch.shared_memory import SharedMemoryRegistry, write_output
 
 HEADER_LENGTH_HEADER = "Inference-Header-Content-Length"
 _INT64_MIN = -(1 << 63)
@@ -172,8 +173,12 @@ def decode_infer_request(
     header_length: int,
     model_name: str,
     model_version: int = -1,
+    regions: SharedMemoryRegistry | None = None,
 ) -> DecodedRequest:
-    """Decode a JSON (``header_length`` = whole body) or JSON-plus-binary request body."""
+    """Decode a JSON (``header_length`` = whole body) or JSON-plus-binary request body.
+
+    ``regions`` holds the client shared memory that tensors may name instead of carrying data.
+    """
     view = memoryview(body)
     document = jsonio.loads(view[:header_length])
     request = InferenceRequest(model_name=model_name, model_version=model_version)
@@ -186,12 +191,12 @@ def decode_infer_request(
         decoded.binary_default = _decode_parameters(document["parameters"], request.parameters)
     offset = header_length
     for item in _member_list(document, "inputs"):
-        offset = _decode_input(item, request, view, offset, header_length, model_name)
+        offset = _decode_input(item, request, view, offset, header_length, model_name, regions)
     if offset != len(view):
         raise _invalid(f"unexpected additional input data for model '{model_name}'")
     if isinstance(document, dict) and "outputs" in document:
         for item in _member_list(document, "outputs"):
-            _decode_output(item, decoded)
+            _decode_output(item, decoded, regions)
     return decoded
 
 
@@ -248,19 +253,30 @@ def _content_kind(item: Any) -> tuple[bool, bool, bool]:
     return has_data, has_binary, has_shm
 
 
-def _shared_memory(params: dict[str, Any]) -> ConchError:
-    """Conch has no client shared memory yet: every region is one Triton has not registered."""
+def _shared_memory(params: dict[str, Any], regions: SharedMemoryRegistry | None) -> memoryview:
+    """The bytes a tensor's ``shared_memory_*`` parameters name, checked as Triton checks them.
+
+    A missing ``shared_memory_byte_size`` is the registry's "offset + byte size" error, as in Triton.
+    """
     region = params["shared_memory_region"]
     if not isinstance(region, str):
-        return _internal(f"Unable to parse 'shared_memory_region': {_NOT_STRING}")
+        raise _internal(f"Unable to parse 'shared_memory_region': {_NOT_STRING}")
     for key in ("shared_memory_offset", "shared_memory_byte_size"):
         if key in params and not _is_uint(params[key]):
-            return _internal(f"Unable to parse '{key}': {_NOT_UINT}")
-    return ConchError(f"Unable to find shared memory region: '{region}'", ErrorCode.NOT_FOUND)
+            raise _internal(f"Unable to parse '{key}': {_NOT_UINT}")
+    if regions is None:
+        raise ConchError(f"Unable to find shared memory region: '{region}'", ErrorCode.NOT_FOUND)
+    return regions.view(region, params.get("shared_memory_offset", 0), params.get("shared_memory_byte_size"))
 
 
 def _decode_input(
-    item: Any, request: InferenceRequest, body: memoryview, offset: int, header_length: int, model_name: str
+    item: Any,
+    request: InferenceRequest,
+    body: memoryview,
+    offset: int,
+    header_length: int,
+    model_name: str,
+    regions: SharedMemoryRegistry | None,
 ) -> int:
     """Add one input to ``request``; returns the offset of the next binary blob."""
     fast = _binary_input(item, request, body, offset) if header_length else None
@@ -297,7 +313,8 @@ def _decode_input(
         tensor.data = body[offset : offset + size]
         return offset + size
     if has_shm:
-        raise _shared_memory(params)
+        tensor.data = _shared_memory(params, regions).toreadonly()
+        return offset
     count = tensors.element_count(shape)
     if count == 0:
         tensor.data = np.empty(0, dtype=dt.numpy if dt is not None else np.uint8)
@@ -337,7 +354,7 @@ def _binary_input(item: Any, request: InferenceRequest, body: memoryview, offset
     return end
 
 
-def _decode_output(item: Any, decoded: DecodedRequest) -> None:
+def _decode_output(item: Any, decoded: DecodedRequest, regions: SharedMemoryRegistry | None) -> None:
     params = _params(item)
     name = item.get("name") if type(item) is dict else None
     binary = params.get("binary_data", False)
@@ -357,12 +374,13 @@ def _decode_output(item: Any, decoded: DecodedRequest) -> None:
         if "binary_data" in params and _as_bool(params["binary_data"], "binary_data", "Unable to set"):
             raise _invalid("Output can't set both 'shared_memory_region' and 'binary_data'")
     name = _member_str(item, "name")
-    decoded.request.add_output(RequestedOutput(name))
+    output = RequestedOutput(name)
+    decoded.request.add_output(output)
     classes = 0
     if "classification" in params:
         classes = _as_uint(params["classification"], "classification", "Unable to set")
     if "shared_memory_region" in params:
-        raise _shared_memory(params)
+        output.shared_memory = _shared_memory(params, regions)
     binary = False
     if "binary_data" in params:
         binary = _as_bool(params["binary_data"], "binary_data")
@@ -587,7 +605,16 @@ def encode_infer_response(
         parts += [b',"parameters":', jsonio.dumps(response.parameters)]
     parts.append(b',"outputs":[')
     blobs: list[bytes | memoryview] = []
+    regions = {o.name: o.shared_memory for o in request.outputs if o.shared_memory is not None}
     for index, tensor in enumerate(response.outputs):
+        if index:
+            parts.append(b",")
+        destination = regions.get(tensor.name) if regions else None
+        if destination is not None:  # the bytes go to the client's region, the response has none
+            write_output(tensor.name, destination, _raw(tensors.datatype(tensor.datatype), tensor.data))
+            shape = [int(d) for d in tensor.data.shape]
+            parts.append(jsonio.dumps({"name": tensor.name, "datatype": tensor.datatype, "shape": shape}))
+            continue
         options = decoded.output_options.get(tensor.name)
         binary = options.binary if options is not None else decoded.binary_default
         classes = options.classification if options is not None else 0
@@ -606,8 +633,6 @@ def encode_infer_response(
             encoded = jsonio.dumps(head)
         else:
             encoded = _json_output(head, dt, array)
-        if index:
-            parts.append(b",")
         parts.append(encoded)
     parts.append(b"]}")
     return EncodedResponse(b"".join(parts), blobs)
