@@ -8,6 +8,7 @@ instances directly, on a thread of their own, without going through pluggy.
 from __future__ import annotations
 
 import enum
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -69,6 +70,21 @@ class InstanceContext:
     index: int  # 0-based index across all instances of the model
     kind: str  # "CPU", "GPU" or "MODEL"
     device_id: int = 0
+
+
+def usable_cores() -> int:
+    """Cores this process may run on (its affinity mask where the OS has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def default_thread_count(context: InstanceContext) -> int:
+    """A framework's threads per instance by default: this process's cores divided among all instances
+    of the model, at least 1, so that N instances do not oversubscribe the cores."""
+    instances = sum(max(group.count, 1) for group in context.model.config.instance_group) or 1
+    return max(1, usable_cores() // instances)
 
 
 class ModelInstance:

@@ -8,10 +8,11 @@ from pathlib import Path
 import onnxruntime as ort
 import pytest
 from conch_onnxruntime.errors import ort_error_text
-from conch_onnxruntime.options import default_thread_count, session_settings, usable_cores
+from conch_onnxruntime.options import session_settings
 from conch_onnxruntime.providers import CPU, CUDA, OPENVINO, TENSORRT, select_providers
 
 from conch import ConchError, InstanceContext, ModelContext
+from conch.backend import default_thread_count, usable_cores
 from conch.config.parse import parse_config_text
 
 

@@ -12,11 +12,11 @@ import torch
 from conch_pytorch.binding import Argument, bind
 from conch_pytorch.datatypes import to_numpy, to_torch
 from conch_pytorch.loader import create_instance
-from conch_pytorch.options import default_thread_count, usable_cores
 from google.protobuf import text_format
 
 from conch import ConchError, InstanceContext, ModelContext
 from conch._proto.model_config_pb2 import ModelConfig
+from conch.backend import default_thread_count, usable_cores
 
 
 def _config(text: str) -> ModelConfig:

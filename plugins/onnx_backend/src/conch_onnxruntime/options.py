@@ -19,12 +19,12 @@ per inference). Set the parameter to ``1`` to spin.
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from conch import ConchError, ErrorCode, InstanceContext
+from conch.backend import default_thread_count
 
 log = logging.getLogger("conch.onnxruntime")
 
@@ -114,20 +114,6 @@ def session_settings(context: InstanceContext, settings: Mapping[str, str]) -> S
     if logging.getLogger("conch").isEnabledFor(logging.DEBUG):
         result.log_severity = 2
     return result
-
-
-def default_thread_count(context: InstanceContext) -> int:
-    """This process's cores divided among all instances of the model, at least 1."""
-    instances = sum(max(group.count, 1) for group in context.model.config.instance_group) or 1
-    return max(1, usable_cores() // instances)
-
-
-def usable_cores() -> int:
-    """Cores this process may run on (its affinity mask where the OS has one)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
 
 
 def _count(model: str, key: str, params: Mapping[str, str], settings: Mapping[str, str]) -> int:

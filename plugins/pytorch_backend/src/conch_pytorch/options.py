@@ -20,7 +20,6 @@ Keys are those of Triton's PyTorch backend that mean something on a CPU (GPU one
 from __future__ import annotations
 
 import logging
-import os
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -28,6 +27,7 @@ from dataclasses import dataclass
 import torch
 
 from conch import ConchError, ErrorCode, InstanceContext
+from conch.backend import default_thread_count
 
 log = logging.getLogger("conch.pytorch")
 
@@ -68,20 +68,6 @@ def torch_settings(context: InstanceContext, settings: Mapping[str, str]) -> Tor
         cache_cleaning=cache_cleaning,
         intra_op_threads=intra,
     )
-
-
-def default_thread_count(context: InstanceContext) -> int:
-    """This process's cores divided among all instances of the model, at least 1."""
-    instances = sum(max(group.count, 1) for group in context.model.config.instance_group) or 1
-    return max(1, usable_cores() // instances)
-
-
-def usable_cores() -> int:
-    """Cores this process may run on (its affinity mask where the OS has one)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
 
 
 def _set_interop_threads(model: str, count: int) -> None:
