@@ -291,7 +291,7 @@ def test_traced_requests_rate_count_and_files(tmp_path: Path) -> None:
         assert grpc_trace[0] == {
             "id": grpc_trace[0]["id"], "model_name": "ident", "model_version": 1, "request_id": "g1"
         }
-        assert _names(grpc_trace) == HTTP_ORDER[2:-2]
+        assert _names(grpc_trace) == [*HTTP_ORDER[2:-2], "GRPC_SEND_START", "GRPC_SEND_END"]
         _infer_http(srv)  # no request id: no request_id key, as in Triton
         plain = _read(Path(f"{file}.1"))
         assert plain[2] == {"id": plain[0]["id"], "model_name": "ident", "model_version": 1}
@@ -338,3 +338,19 @@ def test_per_model_tracing_only(tmp_path: Path) -> None:
     finally:
         srv.stop()
     assert not Path(f"{file}.1").exists()
+
+
+def test_grpc_trace_on_grpcio_transport(tmp_path: Path) -> None:
+    file = tmp_path / "t.json"
+    srv = start_server(
+        [_repo(tmp_path)], tmp_path, "--grpc-transport=grpcio", f"--trace-config=triton,file={file}",
+        "--trace-config=level=TIMESTAMPS", "--trace-config=rate=1", "--trace-config=triton,log-frequency=1",
+    )
+    try:
+        _infer_grpc(srv, request_id="g")
+        entries = _read(Path(f"{file}.0"))
+        assert _names(entries) == [*HTTP_ORDER[2:-2], "GRPC_SEND_START", "GRPC_SEND_END"]
+        stamps = [e["timestamps"][0]["ns"] for e in entries if "timestamps" in e]
+        assert stamps == sorted(stamps)
+    finally:
+        srv.stop()

@@ -246,11 +246,20 @@ class GRPCInferenceServicer:
         if not tracer.active:
             return await self._infer(wire, None)
         trace = tracer.sample(wire.message.model_name)
-        try:
-            return await self._infer(wire, trace)
-        finally:
-            if trace is not None:
-                trace.finish()
+        if trace is None:
+            return await self._infer(wire, None)
+        sending: list[bool] = []
+
+        def sent(_: Any) -> None:  # the call is over: its response handed to the transport, or failed
+            if sending:
+                trace.stamp("GRPC_SEND_END")
+            trace.finish()
+
+        context.add_done_callback(sent)
+        reply = await self._infer(wire, trace)
+        trace.stamp("GRPC_SEND_START")
+        sending.append(True)
+        return reply
 
     async def _infer(self, wire: codec.WireInferRequest, trace: tracing.Trace | None) -> bytes:
         message = wire.message
