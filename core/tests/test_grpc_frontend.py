@@ -32,6 +32,7 @@ from conch.errors import ConchError, ErrorCode
 from conch.frontends.grpc import GRPCBindError, start_grpc_server
 from conch.inference import InferenceRequest, InferenceResponse, ResponseStream, Tensor
 from conch.shared_memory import SharedMemoryRegistry
+from conch.tracing import TraceManager
 from conch.validation import Signature, validate
 
 ALL_DATATYPES = [row.name for row in tensors.BY_NAME.values()]
@@ -131,6 +132,7 @@ class FakeService:
         self.unloads: list[tuple[str, bool]] = []
         self.sleeping: list[ResponseStream] = []
         self.shared_memory = SharedMemoryRegistry()
+        self.tracer = TraceManager()
         self._tasks: set[asyncio.Task[None]] = set()
         models = [
             FakeModel(
@@ -837,7 +839,6 @@ def test_repository(client: tc.InferenceServerClient, server: ServerThread, stub
 def test_unsupported_features(client: tc.InferenceServerClient) -> None:
     for call, feature in [
         (lambda: client.register_cuda_shared_memory("r", b"aGFuZGxl", 0, 8), "CUDA shared memory"),
-        (client.get_trace_settings, "trace"),
     ]:
         error = _error(call)
         assert (error.status(), error.message()) == (

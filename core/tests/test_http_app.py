@@ -28,6 +28,7 @@ from conch.errors import ConchError, ErrorCode
 from conch.frontends.http import create_app
 from conch.inference import InferenceRequest, InferenceResponse, ResponseStream, Tensor
 from conch.shared_memory import SharedMemoryRegistry
+from conch.tracing import TraceManager
 from conch.validation import Signature, validate
 
 # -- the fake service ------------------------------------------------------------------------------
@@ -98,6 +99,7 @@ class FakeService:
         self.fail_with: Exception | None = None
         self.hold = False  # leave requests unanswered
         self.shared_memory = SharedMemoryRegistry()
+        self.tracer = TraceManager()
 
     def is_live(self) -> bool:
         return self.live
@@ -332,8 +334,7 @@ def test_unknown_routes(client: TestClient, path: str) -> None:
 @pytest.mark.parametrize(
     ("method", "path", "status", "message"),
     [
-        ("GET", "/v2/trace/setting", 503, "the server does not support tracing"),
-        ("POST", "/v2/models/echo/trace/setting", 503, "the server does not support tracing"),
+        ("POST", "/v2/trace/setting", 500, "failed to parse the request JSON buffer: The document is empty. at 0"),
         (
             "POST",
             "/v2/systemsharedmemory/region/r/register",

@@ -17,6 +17,7 @@ from conch.gpus import gpu_count
 from conch.metrics import MetricsOptions
 from conch.models import ManagerOptions
 from conch.server import GrpcTls, Server, ServerOptions
+from conch.trace_config import DEPRECATED, TraceOptions, deprecation
 
 log = logging.getLogger("conch.cli")
 
@@ -43,8 +44,7 @@ UNIMPLEMENTED_TRITON_FLAGS: dict[str, bool] = {
     "--cuda-memory-pool-byte-size": True, "--cuda-virtual-address-size": True,
     "--min-supported-compute-capability": True, "--buffer-manager-thread-count": True,
     "--host-policy": True, "--model-load-gpu-limit": True, "--enable-peer-access": True,
-    "--trace-config": True, "--trace-file": True, "--trace-level": True, "--trace-rate": True,
-    "--trace-count": True, "--trace-log-frequency": True, "--memory-fraction": True,
+    "--memory-fraction": True,
     "--enable-model-namespacing": True, "--allow-poll-model-repository": True,
 }
 
@@ -93,6 +93,10 @@ def _serve_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--metrics-port", type=int, default=8002)
     p.add_argument("--metrics-address", default="", help="defaults to the HTTP address")
     p.add_argument("--metrics-interval-ms", type=int, default=2000)
+    p.add_argument("--trace-config", action="append", default=[], metavar="[MODE,]KEY=VALUE",
+                   help="tracing: level=OFF|TIMESTAMPS, rate=N, count=N, triton,file=PATH, triton,log-frequency=N")
+    for flag in DEPRECATED:
+        p.add_argument(flag, action="append", default=[], help=argparse.SUPPRESS)
     p.add_argument("--metrics-config", action="append", default=[], metavar="KEY=VALUE",
                    help="counter_latencies, summary_latencies, histogram_latencies, summary_quantiles")
     _add_bool(p, "--exit-on-error", True, "exit when a model fails to load at start-up")
@@ -187,6 +191,7 @@ def _serve_options(ns: argparse.Namespace) -> ServerOptions:
             raise SystemExit(f"error: {exc}") from None
     return ServerOptions(
         metrics=metrics,
+        trace=_trace_options(ns),
         model_repositories=[Path(p).resolve() for p in ns.model_repository],
         server_id=ns.id,
         allow_http=ns.allow_http,
@@ -205,6 +210,24 @@ def _serve_options(ns: argparse.Namespace) -> ServerOptions:
         manager=manager,
         blocked_plugins=set(ns.disable_plugin),
     )
+
+
+def _trace_options(ns: argparse.Namespace) -> TraceOptions:
+    """The deprecated ``--trace-*`` flags (with Triton's warnings), then every ``--trace-config``."""
+    trace = TraceOptions()
+    settings: list[str] = []
+    for flag, key in (("--trace-file", "triton,file"), ("--trace-level", "level"), ("--trace-rate", "rate"),
+                      ("--trace-count", "count"), ("--trace-log-frequency", "triton,log-frequency")):
+        values = getattr(ns, flag[2:].replace("-", "_"))
+        if values:
+            print(deprecation(flag), file=sys.stderr)
+        settings += [f"{key}={value}" for value in values]
+    for setting in [*settings, *ns.trace_config]:
+        try:
+            trace.apply(setting)
+        except ValueError as exc:
+            raise SystemExit(f"error: {exc}") from None
+    return trace
 
 
 def _grpc_tls(ns: argparse.Namespace) -> GrpcTls | None:

@@ -7,11 +7,14 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from conch.errors import ConchError, ErrorCode
+
+if TYPE_CHECKING:
+    from conch.tracing import Trace
 
 
 @dataclass(slots=True)
@@ -150,6 +153,7 @@ class InferenceRequest:
     version_label: str = ""  # the version that serves it, as the response reports it
     arrival_ns: int = field(default_factory=time.monotonic_ns)
     stream: ResponseStream | None = None
+    trace: Trace | None = None  # set by the frontend when the request is sampled (conch.tracing)
 
     @property
     def log_prefix(self) -> str:

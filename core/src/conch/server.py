@@ -18,6 +18,7 @@ from conch.models import ManagerOptions, ModelManager
 from conch.plugins import Plugins
 from conch.repository import Repository
 from conch.service import InferenceService
+from conch.trace_config import TraceOptions
 
 log = logging.getLogger("conch.server")
 
@@ -71,6 +72,7 @@ class ServerOptions:
     manager: ManagerOptions = field(default_factory=ManagerOptions)
     blocked_plugins: set[str] = field(default_factory=set)
     metrics: MetricsOptions = field(default_factory=MetricsOptions)
+    trace: TraceOptions = field(default_factory=TraceOptions)
 
 
 class StartupError(Exception):
@@ -135,7 +137,11 @@ class Server:
         repository = Repository(list(opts.model_repositories))
         self.models = ModelManager(repository, self.plugins, opts.manager)
         self.service = InferenceService(
-            self.models, self.plugins, server_id=opts.server_id, strict_readiness=opts.strict_readiness
+            self.models,
+            self.plugins,
+            server_id=opts.server_id,
+            strict_readiness=opts.strict_readiness,
+            tracer=opts.trace.manager(),
         )
         # Frontends listen before models load: probes see "live, not ready" instead of a refused port.
         await self._start_frontends()
@@ -275,6 +281,7 @@ class Server:
             log.info("All models are stopped, unloading models")
         if self.service is not None:
             self.service.shared_memory.unregister_all()
+            self.service.tracer.close()
 
 
 def _bind(address: str, port: int, what: str) -> socket.socket:

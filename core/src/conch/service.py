@@ -18,6 +18,7 @@ from conch.errors import ConchError, ErrorCode
 from conch.inference import InferenceRequest, InferenceResponse, ResponseStream
 from conch.metrics import BUILTIN_FAMILIES
 from conch.shared_memory import SharedMemoryRegistry
+from conch.tracing import TraceManager
 
 if TYPE_CHECKING:
     from conch._proto.model_config_pb2 import ModelConfig
@@ -33,6 +34,7 @@ EXTENSIONS = [
     "binary_tensor_data",
     "parameters",
     "statistics",
+    "trace",
     "logging",
 ]
 
@@ -74,6 +76,7 @@ class InferenceService:
         plugins: Plugins,
         server_id: str = "conch",
         strict_readiness: bool = True,
+        tracer: TraceManager | None = None,
     ) -> None:
         self.models = models
         models.service = self  # backends reach the service through ModelContext.server (BLS)
@@ -93,6 +96,8 @@ class InferenceService:
         self.custom_metrics = CustomMetrics(reserved=BUILTIN_FAMILIES)
         #: Client shared memory regions, one registry for both frontends (:mod:`conch.shared_memory`).
         self.shared_memory = SharedMemoryRegistry()
+        #: Trace settings and sampling (:mod:`conch.tracing`); frontends sample while ``tracer.active``.
+        self.tracer = tracer or TraceManager()
         self._idle = asyncio.Event()
         self._idle.set()
 
@@ -119,6 +124,16 @@ class InferenceService:
     def set_log_setting(self, key: str, value: bool | int | str) -> None:
         """Change one of :data:`conch.log.RUNTIME_SETTINGS`; the frontend has checked ``value``."""
         conch_log.update(**{key: value})
+
+    # -- trace extension -----------------------------------------------------------------------
+
+    def trace_settings(self, model: str = "", changes: dict[str, int | None] | None = None) -> dict[str, Any]:
+        """Apply checked changes (``None`` clears) to the global or a ready model's setting; its values."""
+        if model and not self.model_ready(model):
+            raise ConchError(f"Request for unknown model : {model}", ErrorCode.INVALID_ARG)
+        if changes is not None:
+            self.tracer.update(model, changes)
+        return self.tracer.settings(model)
 
     # -- models ----------------------------------------------------------------------------------
 
@@ -169,6 +184,10 @@ class InferenceService:
             model = self.models.get(request.model_name, request.model_version)
         stream = ResponseStream()
         request.stream = stream
+        trace = request.trace
+        if trace is not None:
+            trace.start_request(model.name, model.version, request.id)
+            trace.stamp("QUEUE_START")
         self._track(stream)  # before submitting: a request the scheduler runs at once is answered in there
         try:
             model.submit(request)

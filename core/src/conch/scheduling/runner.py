@@ -11,6 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from conch import tracing
 from conch.backend import Backend, Batching, InstanceContext, ModelInstance
 from conch.errors import ConchError, ErrorCode
 from conch.inference import InferenceRequest, InferenceResponse, Tensor
@@ -81,6 +82,8 @@ class InstanceRunner:
             self._fail(requests, exc)
         finally:
             self.busy = False
+        if tracing.EVER_SAMPLED:
+            self._stamp(requests, start)
         if record:
             self._record(requests, start, ok)
 
@@ -123,7 +126,23 @@ class InstanceRunner:
             self._fail(requests, exc)
         finally:
             self.busy = False
+        if tracing.EVER_SAMPLED:
+            self._stamp(requests, start)
         self._record(requests, start, ok)
+
+    def _stamp(self, requests: list[InferenceRequest], start: int) -> None:
+        """The compute timestamps of the batch's traced requests (Triton's names), then REQUEST_END."""
+        input_end = start + self._timing[0]
+        output_start = input_end + self._timing[1]
+        end = time.monotonic_ns()
+        for request in requests:
+            trace = request.trace
+            if trace is not None:
+                trace.stamp("COMPUTE_START", start)
+                trace.stamp("COMPUTE_INPUT_END", input_end)
+                trace.stamp("COMPUTE_OUTPUT_START", max(output_start, input_end))
+                trace.stamp("COMPUTE_END", end)
+                trace.stamp("REQUEST_END", end)
 
     def _fail(self, requests: list[InferenceRequest], exc: Exception) -> None:
         if isinstance(exc, ConchError):

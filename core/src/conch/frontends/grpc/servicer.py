@@ -18,6 +18,7 @@ import grpc
 from google.protobuf import json_format
 
 from conch import log as conch_log
+from conch import tracing
 from conch._proto import grpc_service_pb2 as pb
 from conch.errors import ConchError, ErrorCode
 from conch.frontends.grpc import codec
@@ -168,6 +169,20 @@ class GRPCInferenceServicer:
             setattr(response.settings[key], field, value)
         return response
 
+    # -- trace extension -------------------------------------------------------------------------
+
+    @_rpc
+    async def TraceSetting(self, request: pb.TraceSettingRequest, context: Any) -> pb.TraceSettingResponse:
+        """Read, or update then read, the global or a model's trace settings, as Triton's handler does."""
+        model = request.model_name
+        if model and not self.service.model_ready(model):
+            raise ConchError(f"Request for unknown model : {model}", ErrorCode.INVALID_ARG)
+        changes = _trace_changes(request.settings) if request.settings else None
+        response = pb.TraceSettingResponse()
+        for key, value in self.service.trace_settings(model, changes).items():
+            response.settings[key].value.extend(value if isinstance(value, list) else [value])
+        return response
+
     # -- repository ------------------------------------------------------------------------------
 
     @_rpc
@@ -227,18 +242,41 @@ class GRPCInferenceServicer:
 
     @_rpc
     async def ModelInfer(self, wire: codec.WireInferRequest, context: Any) -> bytes:
+        tracer = self.service.tracer
+        if not tracer.active:
+            return await self._infer(wire, None)
+        trace = tracer.sample(wire.message.model_name)
+        if trace is None:
+            return await self._infer(wire, None)
+        sending: list[bool] = []
+
+        def sent(_: Any) -> None:  # the call is over: its response handed to the transport, or failed
+            if sending:
+                trace.stamp("GRPC_SEND_END")
+            trace.finish()
+
+        context.add_done_callback(sent)
+        reply = await self._infer(wire, trace)
+        trace.stamp("GRPC_SEND_START")
+        sending.append(True)
+        return reply
+
+    async def _infer(self, wire: codec.WireInferRequest, trace: tracing.Trace | None) -> bytes:
         message = wire.message
         version = parse_version(message.model_version)
         model = self.service.model(message.model_name, version)
         if model.decoupled:
             raise ConchError(DECOUPLED_UNARY, ErrorCode.UNSUPPORTED)
         request, _ = codec.decode_request(wire, version, self.service.shared_memory)
+        request.trace = trace
         try:
             response = await self.service.infer(request, model)
         except asyncio.CancelledError:
             if request.stream is not None:
                 request.stream.cancelled = True
             raise
+        if trace is not None:
+            trace.stamp("INFER_RESPONSE_COMPLETE")
         classes = codec.classification_counts(request)
         encoded = codec.encode_response(
             response,
@@ -329,7 +367,28 @@ class GRPCInferenceServicer:
     # -- not implemented -----------------------------------------------------------------------
 
     CudaSharedMemoryRegister = _unsupported("CUDA shared memory")
-    TraceSetting = _unsupported("trace")
+
+
+def _trace_changes(settings: Any) -> dict[str, int | None]:
+    """Checked changes of a ``TraceSettingRequest`` in Triton's order with its texts (no values: clear)."""
+    if "trace_file" in settings:
+        raise ConchError(tracing.FILE_FIXED, ErrorCode.UNSUPPORTED)
+    changes: dict[str, int | None] = {}
+    for key in tracing.UPDATABLE:
+        if key not in settings:
+            continue
+        values = list(settings[key].value)
+        if not values:
+            changes[key] = None
+        elif key == "trace_level":
+            level = tracing.parse_levels(values)
+            if level is not None:
+                changes[key] = level
+        elif len(values) != 1:
+            raise ConchError(f"expect only 1 value for '{key}'", ErrorCode.INVALID_ARG)
+        else:
+            changes[key] = tracing.parse_number(key, values[0], grpc=True)
+    return changes
 
 
 class _Abort:

@@ -16,6 +16,7 @@ import asyncio
 import base64
 import logging
 import re
+import time
 from collections.abc import AsyncIterator, Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -23,6 +24,7 @@ import numpy as np
 from starlette.types import Message, Receive, Scope, Send
 
 from conch import log as conch_log
+from conch import tracing
 from conch.errors import ConchError, ErrorCode
 from conch.frontends.http import codec, compression, generate, jsonio
 from conch.frontends.http.responses import Headers, Response, StreamResponse, request_headers
@@ -31,6 +33,7 @@ from conch.service import parse_version
 
 if TYPE_CHECKING:
     from conch.service import InferenceService
+    from conch.tracing import Trace
 
 log = logging.getLogger("conch.http")
 
@@ -52,12 +55,11 @@ _TRACE = re.compile(r"/v2/trace/setting")
 
 LOG_FILE_FIXED = "log file location can not be updated through network protocol"
 
-#: Triton features Conch does not have (yet). Statistics (for a service without them) and tracing
-#: answer as a Triton built without them does (UNAVAILABLE, Triton's texts); the others, which Triton
-#: cannot be built without, as UNSUPPORTED naming the feature.
+#: Triton features Conch does not have (yet). Statistics (for a service without them) answer as a
+#: Triton built without them does (UNAVAILABLE, Triton's text); the others, which Triton cannot be
+#: built without, as UNSUPPORTED naming the feature.
 MISSING_FEATURES = {
     "statistics": ConchError("the server does not support model statistics", ErrorCode.UNAVAILABLE),
-    "trace": ConchError("the server does not support tracing", ErrorCode.UNAVAILABLE),
     "cuda": ConchError("CUDA shared memory is not supported by this server yet", ErrorCode.UNSUPPORTED),
 }
 
@@ -132,7 +134,9 @@ class HTTPApp:
 
     # -- routing ----------------------------------------------------------------------------------
 
-    async def _route(self, scope: Scope, receive: Receive, headers: Headers) -> Response | StreamResponse:
+    async def _route(
+        self, scope: Scope, receive: Receive, headers: Headers
+    ) -> Response | StreamResponse | _TracedResponse:
         path = _raw_path(scope)
         method = scope["method"]
         if path == "/v2/models/stats":
@@ -166,7 +170,7 @@ class HTTPApp:
             if kind == "stats":
                 return self._statistics(method, name, version_text)
             if kind == "trace/setting" and not version_text:
-                return _missing(method, ("GET", "POST"), "trace")
+                return await self._trace(method, receive, headers, name)
         if path == "/v2":
             _allow(method, "GET")
             return json_response(self.service.metadata())
@@ -188,7 +192,7 @@ class HTTPApp:
                 return await self._repository_index(receive, headers)
             return await self._repository_control(receive, headers, match[1] or "", match[3], match[4])
         if _TRACE.fullmatch(path):
-            return _missing(method, ("GET", "POST"), "trace")
+            return await self._trace(method, receive, headers, "")
         if path == "/conch/plugins":
             _allow(method, "GET")
             return json_response({"plugins": self.service.plugin_list()})
@@ -203,7 +207,26 @@ class HTTPApp:
 
     # -- inference -----------------------------------------------------------------------------------
 
-    async def _infer(self, receive: Receive, headers: Headers, name: str, version_text: str) -> Response:
+    async def _infer(
+        self, receive: Receive, headers: Headers, name: str, version_text: str
+    ) -> Response | _TracedResponse:
+        tracer = self.service.tracer
+        if not tracer.active:
+            return await self._infer_one(receive, headers, name, version_text, None)
+        received = time.monotonic_ns()
+        trace = tracer.sample(name)  # the name in the path, as Triton samples
+        if trace is None:
+            return await self._infer_one(receive, headers, name, version_text, None)
+        trace.stamp("HTTP_RECV_START", received)
+        try:
+            return _TracedResponse(await self._infer_one(receive, headers, name, version_text, trace), trace)
+        except BaseException:
+            trace.finish()
+            raise
+
+    async def _infer_one(
+        self, receive: Receive, headers: Headers, name: str, version_text: str, trace: Trace | None
+    ) -> Response:
         # Before the body is parsed, Triton's errors go out without a Content-Type of their own.
         try:
             model = self.service.model(name, parse_version(version_text))
@@ -221,6 +244,8 @@ class HTTPApp:
             header_length = codec.parse_header_length(headers.get(_HEADER_LENGTH), len(body))
         except ConchError as exc:
             raise _Reply.plain(exc) from None
+        if trace is not None:
+            trace.stamp("HTTP_RECV_END")
         # Parsing and validation errors are JSON.
         if header_length == 0:
             decoded = codec.decode_raw_request(body, model.name, model.version, model.config)
@@ -228,10 +253,13 @@ class HTTPApp:
             decoded = codec.decode_infer_request(
                 body, header_length, model.name, model.version, self.service.shared_memory
             )
+        decoded.request.trace = trace
         stream = self.service.submit(decoded.request, model)
         # Errors of the response (execution, encoding) are plain again.
         try:
             response = await _response_or_disconnect(stream, receive)
+            if trace is not None:
+                trace.stamp("INFER_RESPONSE_COMPLETE")
             if response.error is not None:
                 raise response.error
             encoded = codec.encode_infer_response(
@@ -347,6 +375,20 @@ class HTTPApp:
                 for key, value in _log_changes(document):
                     self.service.set_log_setting(key, value)
         return json_response(self.service.log_settings())
+
+    # -- trace extension -----------------------------------------------------------------------------
+
+    async def _trace(self, method: str, receive: Receive, headers: Headers, model: str) -> Response:
+        """``GET``/``POST`` the global or a model's trace settings, with Triton's checks and texts."""
+        if method not in ("GET", "POST"):
+            raise _Reply("Method Not Allowed", 405)
+        changes = None
+        if method == "POST":
+            if model and not self.service.model_ready(model):
+                raise ConchError(f"Request for unknown model : {model}", ErrorCode.INVALID_ARG)
+            document = jsonio.loads(await self._read_body(receive, headers))
+            changes = _trace_changes(document) if isinstance(document, dict) else {}
+        return json_response(self.service.trace_settings(model, changes))
 
     # -- shared memory -------------------------------------------------------------------------------
 
@@ -509,6 +551,50 @@ def _log_changes(document: dict[str, Any]) -> Iterator[tuple[str, bool | int | s
             if value not in conch_log.FORMATS:
                 raise ConchError(f"invalid argument for --log_format, got: {value}", ErrorCode.UNAVAILABLE)
         yield key, value
+
+
+def _trace_changes(document: dict[str, Any]) -> dict[str, int | None]:
+    """Checked changes of a trace settings body, in Triton's order with its texts (``null`` clears)."""
+    if "trace_file" in document:
+        raise ConchError(tracing.FILE_FIXED, ErrorCode.UNSUPPORTED)
+    changes: dict[str, int | None] = {}
+    for key in tracing.UPDATABLE:
+        if key not in document:
+            continue
+        value = document[key]
+        if value is None:
+            changes[key] = None
+        elif key == "trace_level":
+            if not isinstance(value, list):
+                raise ConchError("attempt to access JSON non-array as array", ErrorCode.INTERNAL)
+            if not all(isinstance(name, str) for name in value):
+                raise ConchError("attempt to access JSON non-string as string", ErrorCode.INTERNAL)
+            level = tracing.parse_levels(value)
+            if level is not None:
+                changes[key] = level
+        else:
+            if not isinstance(value, str):
+                raise ConchError("attempt to access JSON non-string as string", ErrorCode.INTERNAL)
+            changes[key] = tracing.parse_number(key, value)
+    return changes
+
+
+class _TracedResponse:
+    """A traced request's response: sending it is stamped, then the trace is complete."""
+
+    __slots__ = ("response", "trace")
+
+    def __init__(self, response: Response, trace: Trace) -> None:
+        self.response = response
+        self.trace = trace
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        self.trace.stamp("HTTP_SEND_START")
+        try:
+            await self.response(scope, receive, send)
+        finally:
+            self.trace.stamp("HTTP_SEND_END")
+            self.trace.finish()
 
 
 def _shared_memory(method: str, kind: str, region: str, action: str) -> Response:
