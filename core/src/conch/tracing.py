@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import logging
 import threading
 import time
@@ -97,6 +98,13 @@ def parse_number(key: str, text: str, grpc: bool = False) -> int:
     return value
 
 
+def _write_whole(name: str, text: str) -> None:
+    """Write a file so that a reader never sees it empty or half written (a temporary file, then rename)."""
+    temporary = f"{name}.{os.getpid()}.{threading.get_ident()}.tmp"
+    Path(temporary).write_text(text)
+    os.replace(temporary, name)
+
+
 class TraceFile:
     """One trace file: a JSON array kept complete after every write, and its numbered siblings."""
 
@@ -111,11 +119,11 @@ class TraceFile:
         body = ",".join(entries)
         try:
             if numbered:
-                Path(f"{self.name}.{next(self._index)}").write_text(f"[{body}]")
+                _write_whole(f"{self.name}.{next(self._index)}", f"[{body}]")
                 return
             with self._lock:
                 if not self._written:
-                    Path(self.name).write_text(f"[{body}]")
+                    _write_whole(self.name, f"[{body}]")
                     self._written = True
                     return
                 with open(self.name, "r+b") as out:
