@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 import logging
+import os
 import threading
 import time
 from dataclasses import dataclass, field
