@@ -120,6 +120,10 @@ class ResponseStream:
         """Whether ``next()`` would return without waiting."""
         return bool(self._items)
 
+    def take(self) -> InferenceResponse:
+        """The next response, which must be here already (see :meth:`ready`)."""
+        return self._items.popleft()
+
     async def next(self) -> InferenceResponse:
         items = self._items
         while not items:

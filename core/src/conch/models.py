@@ -100,17 +100,19 @@ class ModelVersion:
         ]
         return "; ".join(r for r in reasons if r)
 
-    def submit(self, request: InferenceRequest) -> None:
-        """Validate and enqueue; raises ConchError for a bad request.
+    def submit(self, request: InferenceRequest, checked: bool = False) -> None:
+        """Validate (unless ``checked``: validated against this version already) and enqueue; raises
+        ConchError for a bad request.
 
         A request that looked this version up just before a reload swapped it goes to its successor;
         one that looked it up just before an unload gets Triton's unknown-model error.
         """
         if self.state is not ModelState.READY:
             if self.replaced_by is not None:
-                return self.replaced_by.submit(request)
+                return self.replaced_by.submit(request)  # its own signature: validated again
             raise ConchError(f"Request for unknown model: '{self.name}' has no available versions", ErrorCode.NOT_FOUND)
-        validate(request, self.signature)
+        if not checked:
+            validate(request, self.signature)
         request.version_label = self.label
         assert self.scheduler is not None
         self.scheduler.enqueue(request)

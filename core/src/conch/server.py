@@ -217,6 +217,7 @@ class Server:
 
     async def _start_http(self) -> None:
         from conch.frontends.http import create_app
+        from conch.frontends.http.fast_infer import FastInfer
         from conch.frontends.http.server import HTTPServer
 
         opts = self.options
@@ -224,7 +225,8 @@ class Server:
         sock = _bind(opts.http_address, opts.http_port, "HTTP")
         self._http_sockets = [sock]
         app = create_app(self.service, max_input_size=opts.http_max_input_size)
-        self._http = HTTPServer(app, keep_alive_s=75, linger_s=opts.linger_us / 1e6)
+        fast = FastInfer(app) if os.environ.get("CONCH_HTTP_FAST", "1") != "0" else None
+        self._http = HTTPServer(app, keep_alive_s=75, linger_s=opts.linger_us / 1e6, fast=fast)
         await self._http.start(self._http_sockets)
 
     def _print_model_table(self) -> None:

@@ -170,11 +170,14 @@ class InferenceService:
 
     # -- inference -------------------------------------------------------------------------------
 
-    def submit(self, request: InferenceRequest, model: ModelVersion | None = None) -> ResponseStream:
+    def submit(
+        self, request: InferenceRequest, model: ModelVersion | None = None, *, checked: bool = False
+    ) -> ResponseStream:
         """Validate and enqueue a request; its responses arrive on the returned stream.
 
         ``model`` is the version the caller already looked up (frontends do, to check it first);
-        without it the request's model name and version pick it. Raises :class:`ConchError` for
+        without it the request's model name and version pick it; ``checked``: the caller validated the
+        request against that version's signature already. Raises :class:`ConchError` for
         anything wrong with the request itself (unknown model, validation); errors during execution
         arrive as error responses on the stream.
         """
@@ -190,7 +193,7 @@ class InferenceService:
             trace.stamp("QUEUE_START")
         self._track(stream)  # before submitting: a request the scheduler runs at once is answered in there
         try:
-            model.submit(request)
+            model.submit(request, checked)
         except BaseException:
             stream.on_done = None
             self._untrack()

@@ -680,6 +680,11 @@ def _binary_response(response: InferenceResponse, decoded: DecodedRequest) -> En
         return None
 
 
+def raw_bytes(datatype: str, array: np.ndarray) -> bytes | memoryview:
+    """The wire bytes of an output of protocol datatype ``datatype`` (as the response carries them)."""
+    return _raw(tensors.datatype(datatype), array)
+
+
 def _raw(dt: tensors.DataType, array: np.ndarray) -> bytes | memoryview:
     """The wire bytes of an output: a view of the array where it allows one."""
     if dt.name == "BYTES":

@@ -18,6 +18,7 @@ import socket
 import time
 import urllib.parse
 from collections import deque
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import httptools
@@ -31,6 +32,15 @@ log = logging.getLogger("conch.http")
 HIGH_WATER = 64 * 1024
 
 _STATUS_LINES: dict[int, bytes] = {}
+
+#: A complete response as the bytes to write (status line to body), for a keep-alive connection.
+Wire = list[bytes | memoryview]
+#: What a fast handler answers: the response now, one to wait for (given the exchange's ASGI
+#: ``receive``, which reports a client that hangs up), or None to leave the request to the app.
+FastResult = Wire | Callable[[Callable[[], Awaitable[Message]]], Awaitable[Wire]] | None
+#: ``fast(url, headers, body)``: a handler that answers some complete POST requests without the ASGI
+#: app's per-request objects (Conch's binary inference requests; see ``frontends/http/fast_infer.py``).
+FastHandler = Callable[[bytes, list[tuple[bytes, bytes]], bytes], FastResult]
 
 
 def _status_line(status: int) -> bytes:
@@ -57,8 +67,11 @@ def _plain(status: int, text: str) -> bytes:
 class HTTPServer:
     """Serves ``app`` on listening sockets: ``await start(sockets)``, later ``await shutdown(timeout)``."""
 
-    def __init__(self, app: ASGIApp, *, keep_alive_s: float = 75.0, linger_s: float = 0.0) -> None:
+    def __init__(
+        self, app: ASGIApp, *, keep_alive_s: float = 75.0, linger_s: float = 0.0, fast: FastHandler | None = None
+    ) -> None:
         self.app = app
+        self.fast = fast
         self.keep_alive_s = keep_alive_s
         self.linger = Linger(linger_s)
         self.connections: set[_Connection] = set()
@@ -125,6 +138,9 @@ class _Connection(asyncio.Protocol):
         self.quick = False  # the last request came right after the response before it
         self.local: Any = None
         self.peer: Any = None
+        # A request held for the fast handler: its body so far (None: the current request is not held).
+        self.held: list[bytes] | None = None
+        self.held_size = 0
 
     # -- asyncio.Protocol ---------------------------------------------------------------------------
 
@@ -210,6 +226,23 @@ class _Connection(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         parser = self.parser
+        keep_alive = parser.should_keep_alive() and parser.get_http_version() != "1.0"
+        if (
+            self.server.fast is not None
+            and keep_alive
+            and not self.expect_continue
+            and (self.exchange is None or self.exchange.complete)
+            and self.url.endswith(b"/infer")
+            and parser.get_method() == b"POST"
+        ):
+            self.held = []  # the whole request goes to the fast handler first
+            self.held_size = 0
+            return
+        self._start_exchange()
+
+    def _start_exchange(self) -> _Exchange:
+        """The ASGI exchange of the request whose head was just parsed: started, or queued behind the current one."""
+        parser = self.parser
         version = parser.get_http_version()
         url = httptools.parse_url(self.url)
         raw_path = url.path
@@ -239,8 +272,16 @@ class _Connection(asyncio.Protocol):
         else:  # pipelined: waits for the response before it
             self.pipeline.append(exchange)
             self.pause_reading()
+        return exchange
 
     def on_body(self, body: bytes) -> None:
+        held = self.held
+        if held is not None:
+            held.append(body)
+            self.held_size += len(body)
+            if self.held_size > HIGH_WATER:  # too big to hold: the app reads it as it comes
+                self._release()
+            return
         exchange = self.pipeline[-1] if self.pipeline else self.exchange
         if exchange is None or exchange.complete:
             return
@@ -251,11 +292,52 @@ class _Connection(asyncio.Protocol):
         exchange.wake()
 
     def on_message_complete(self) -> None:
+        held = self.held
+        if held is not None:
+            self.held = None
+            self._answer_fast(held[0] if len(held) == 1 else b"".join(held))
+            return
         exchange = self.pipeline[-1] if self.pipeline else self.exchange
         if exchange is None or exchange.complete:
             return
         exchange.more_body = False
         exchange.wake()
+
+    # -- the fast path --------------------------------------------------------------------------------
+
+    def _release(self) -> _Exchange:
+        """Hand a held request to the app after all, with the body held so far."""
+        held = self.held or []
+        self.held = None
+        exchange = self._start_exchange()
+        exchange.body = held
+        exchange.buffered = self.held_size
+        if exchange.buffered > HIGH_WATER:
+            self.pause_reading()
+        return exchange
+
+    def _answer_fast(self, body: bytes) -> None:
+        """A complete held request: the fast handler's answer, or the app's when the handler declines."""
+        try:
+            result = self.server.fast(self.url, self.headers, body)  # type: ignore[misc]
+        except Exception:  # noqa: BLE001 - a bug in the handler must not lose the request: the app answers
+            log.exception("fast HTTP handler failed; answering through the app")
+            result = None
+        if result is None:
+            self.held = [body] if body else []
+            self.held_size = len(body)
+            exchange = self._release()
+            exchange.more_body = False
+            exchange.wake()
+        elif isinstance(result, list):
+            self.transport.write(b"".join(result))
+            self.response_done()
+        else:
+            self.held, self.held_size = [], 0
+            exchange = self._release()
+            exchange.more_body = False
+            exchange.delivered = True  # the handler has the body: receive() only reports a hang-up
+            exchange.finish = result
 
     # -- exchanges ----------------------------------------------------------------------------------
 
@@ -297,6 +379,7 @@ class _Exchange:
     __slots__ = (
         "connection", "scope", "keep_alive", "expect_continue", "body", "buffered", "more_body",
         "delivered", "disconnected", "started", "complete", "head", "chunked", "length_left", "waiter", "task",
+        "finish",
     )  # fmt: skip
 
     def __init__(self, connection: _Connection, scope: dict[str, Any], keep_alive: bool, expect_continue: bool) -> None:
@@ -316,6 +399,7 @@ class _Exchange:
         self.length_left = 0
         self.waiter: asyncio.Future[None] | None = None
         self.task: asyncio.Task[None] | None = None
+        self.finish: Callable[[Callable[[], Awaitable[Message]]], Awaitable[Wire]] | None = None
 
     def start(self) -> None:
         task = self.task = asyncio.get_running_loop().create_task(self.run())
@@ -337,6 +421,9 @@ class _Exchange:
 
     async def run(self) -> None:
         try:
+            if self.finish is not None:
+                await self._run_fast(self.finish)
+                return
             await self.connection.server.app(self.scope, self.receive, self.send)
         except asyncio.CancelledError:
             self.connection.transport.close()
@@ -352,6 +439,20 @@ class _Exchange:
             if not self.started:
                 self.connection.transport.write(_plain(500, "Internal Server Error"))
             self.connection.transport.close()
+
+    async def _run_fast(self, finish: Callable[[Callable[[], Awaitable[Message]]], Awaitable[Wire]]) -> None:
+        """A fast handler's answer that had to wait (an execution on another thread, a batch)."""
+        wire = await finish(self.receive)
+        if self.disconnected:
+            return
+        self.started = True
+        connection = self.connection
+        if connection.write_paused:
+            await connection.drain()
+        connection.transport.write(b"".join(wire))
+        self.complete = True
+        self.wake()
+        connection.response_done()
 
     async def receive(self) -> Message:
         connection = self.connection
