@@ -627,10 +627,13 @@ class ModelManager:
         if entry is None or (not entry.versions and entry.location is None and not entry.reason):
             raise ConchError(f"Request for unknown model: '{name}' is not found", ErrorCode.NOT_FOUND)
         if version == -1:
-            ready = entry.ready_versions()
-            if not ready:
+            latest: ModelVersion | None = None
+            for number, candidate in entry.versions.items():  # the highest ready version, without sorting
+                if candidate.state is ModelState.READY and (latest is None or number > latest.version):
+                    latest = candidate
+            if latest is None:
                 raise ConchError(f"Request for unknown model: '{name}' has no available versions", ErrorCode.NOT_FOUND)
-            return entry.versions[ready[-1]]
+            return latest
         model = entry.versions.get(version)
         if model is None:
             raise ConchError(

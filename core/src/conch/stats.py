@@ -74,27 +74,45 @@ class ModelStats:
         self.execution_count += 1
         self.inference_count += batch_size
         self.last_inference_ms = time.time_ns() // 1_000_000
-        self.compute_input.add(input_ns * requests, requests)
-        self.compute_infer.add(infer_ns * requests, requests)
-        self.compute_output.add(output_ns * requests, requests)
+        # Durations updated in place (no method calls): this runs for every execution.
+        duration = self.compute_input
+        duration.count += requests
+        duration.ns += input_ns * requests
+        duration = self.compute_infer
+        duration.count += requests
+        duration.ns += infer_ns * requests
+        duration = self.compute_output
+        duration.count += requests
+        duration.ns += output_ns * requests
         batch = self.batches.get(batch_size)
         if batch is None:
             batch = self.batches[batch_size] = BatchStats()
-        batch.compute_input.add(input_ns)
-        batch.compute_infer.add(infer_ns)
-        batch.compute_output.add(output_ns)
+        duration = batch.compute_input
+        duration.count += 1
+        duration.ns += input_ns
+        duration = batch.compute_infer
+        duration.count += 1
+        duration.ns += infer_ns
+        duration = batch.compute_output
+        duration.count += 1
+        duration.ns += output_ns
         if self.samples is not None:
             self.samples.add_execution(input_ns, infer_ns, output_ns)
 
     def record_request(self, ok: bool, total_ns: int, queue_ns: int) -> None:
-        (self.success if ok else self.fail).add(total_ns)
         if ok:
-            self.queue.add(queue_ns)
+            duration = self.success
+            duration.count += 1
+            duration.ns += total_ns
+            duration = self.queue
+            duration.count += 1
+            duration.ns += queue_ns
             if self.samples is not None:
                 self.samples.add_request(total_ns, queue_ns)
             if self.first_response is not None:
                 self.first_response.observe(total_ns / 1e6)
         else:
+            self.fail.add(total_ns)
             self.failures["BACKEND"] += 1
 
     def record_failure(self, reason: str, total_ns: int) -> None:

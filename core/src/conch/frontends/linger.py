@@ -20,16 +20,22 @@ DEFAULT_LINGER_US = 200
 
 
 class Linger:
-    """One server's lingering: ``start()`` after a response, ``arrived()`` when bytes come in."""
+    """One server's lingering: ``start()`` after a response, ``arrived()`` when bytes come in.
 
-    __slots__ = ("seconds", "active", "starts", "_arrived", "_task")
+    The polling is a callback that schedules itself again (``call_soon``) until something arrives
+    or the time is up: the loop polls its sockets without blocking between two turns. No task or
+    coroutine is created per response.
+    """
+
+    __slots__ = ("seconds", "active", "starts", "_arrived", "_end", "_loop")
 
     def __init__(self, seconds: float) -> None:
         self.seconds = seconds
         self.active = False
         self.starts = 0  # how many times lingering began (for tests and debugging)
         self._arrived = False
-        self._task: asyncio.Task[None] | None = None
+        self._end = 0.0
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def arrived(self) -> None:
         """Something came in: stop lingering."""
@@ -42,16 +48,17 @@ class Linger:
         self.active = True
         self.starts += 1
         self._arrived = False
-        self._task = asyncio.get_running_loop().create_task(self._run())
+        self._end = time.perf_counter() + self.seconds
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
+        loop.call_soon(self._turn)
 
-    async def _run(self) -> None:
-        end = time.perf_counter() + self.seconds
-        try:
-            while not self._arrived and time.perf_counter() < end:
-                await asyncio.sleep(0)
-        finally:
+    def _turn(self) -> None:
+        if self._arrived or time.perf_counter() >= self._end:
             self.active = False
-            self._task = None
+            return
+        self._loop.call_soon(self._turn)  # type: ignore[union-attr]
 
     def stop(self) -> None:
         """Stop at once and never again (shutdown)."""

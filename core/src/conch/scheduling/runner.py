@@ -157,7 +157,9 @@ class InstanceRunner:
         stats = self.stats
         end = time.monotonic_ns()
         if ok:
-            batch = sum(max(r.batch_size, 1) for r in requests)
+            batch = (
+                max(requests[0].batch_size, 1) if len(requests) == 1 else sum(max(r.batch_size, 1) for r in requests)
+            )
             compute_input, compute_infer, compute_output = self._timing
             if not compute_infer:
                 compute_infer = end - start - compute_input - compute_output
@@ -204,8 +206,8 @@ class InstanceRunner:
     def _gather(self, requests: list[InferenceRequest]) -> tuple[dict[str, np.ndarray], list[str]]:
         """The batch's inputs (concatenated along the batch dimension) and the outputs any request wants."""
         if len(requests) == 1:
-            inputs = _arrays(requests[0])
-            return inputs, requests[0].requested_output_names()
+            request = requests[0]
+            return {name: tensor.data for name, tensor in request.inputs.items()}, [o.name for o in request.outputs]  # type: ignore[misc]
         names = requests[0].inputs.keys()
         inputs = {name: np.concatenate([r.input_array(name) for r in requests], axis=0) for name in names}
         wanted: list[str] = []
@@ -223,15 +225,18 @@ class InstanceRunner:
                 f"model instance '{self.name}' returned {type(outputs).__name__}, expected a dict of outputs",
                 ErrorCode.INTERNAL,
             )
+        types = self._output_types
         offset = 0
         for request in requests:
             rows = max(request.batch_size, 1)
             batched = request.batch_size > 0
             tensors = []
-            for name in request.requested_output_names():
+            for output in request.outputs:
+                name = output.name
                 array = outputs[name]
-                part = array[offset : offset + rows] if batched else array
-                tensors.append(Tensor(name, self._output_types.get(name, "FP32"), part))
+                if batched and not (offset == 0 and array.ndim and array.shape[0] == rows):
+                    array = array[offset : offset + rows]  # a lone request's rows are the whole array
+                tensors.append(Tensor(name, types.get(name, "FP32"), array))
             offset += rows
             request.respond(InferenceResponse(outputs=tensors))
         self._timing = [infer_start - begin, infer_end - infer_start, time.monotonic_ns() - infer_end]
@@ -271,7 +276,3 @@ def _input_bytes(requests: list[InferenceRequest]) -> int:
             data = tensor.data
             total += data.nbytes if isinstance(data, np.ndarray) else 0
     return total
-
-
-def _arrays(request: InferenceRequest) -> dict[str, np.ndarray]:
-    return {name: request.input_array(name) for name in request.inputs}

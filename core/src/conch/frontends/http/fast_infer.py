@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from starlette.types import Message
 
+from conch import tensors
 from conch.errors import ConchError
 from conch.frontends.http import codec
 from conch.frontends.http.app import (
@@ -82,7 +83,9 @@ class _Plan:
     outputs: tuple[str, ...]
     output_options: dict[str, codec.OutputOptions]
     binary_default: bool
-    heads: dict[tuple[Any, ...], bytes]  # outputs' (name, datatype, shape) → status line to JSON header
+    # outputs' (name, datatype, shape) → the status line to the JSON header, and the numpy dtypes whose
+    # bytes are the wire's
+    heads: dict[tuple[Any, ...], tuple[bytes, tuple[np.dtype[Any], ...]]]
 
     def request(self, body: bytes, name: str, version: int) -> InferenceRequest:
         inputs = {}
@@ -132,7 +135,7 @@ class FastInfer:
             return None
         name, version = route
         try:
-            model = service.model(name, version)
+            model = service.models.get(name, version)
         except ConchError:
             return None
         if model.decoupled:
@@ -241,12 +244,15 @@ class FastInfer:
             head_key = (response.model_name, response.model_version, response.id) + tuple(
                 (t.name, t.datatype, t.data.shape) for t in outputs
             )
-            head = plan.heads.get(head_key)
-            if head is not None:
+            cached = plan.heads.get(head_key)
+            if cached is not None:
+                head, dtypes = cached
                 wire: Wire = [head]
-                for tensor in outputs:
+                for tensor, dtype in zip(outputs, dtypes, strict=True):
                     array = tensor.data
-                    if array.size:
+                    if array.dtype == dtype and array.flags.c_contiguous:
+                        wire.append(array)  # its buffer, written as it is
+                    elif array.size:
                         wire.append(codec.raw_bytes(tensor.datatype, array))
                 return wire
         if decoded is None:
@@ -275,7 +281,8 @@ class FastInfer:
                 and all(t.datatype != "BYTES" for t in outputs)
                 and len(encoded.blobs) == sum(1 for t in outputs if t.data.size)
             ):
-                plan.heads[head_key] = head  # type: ignore[union-attr]
+                dtypes = tuple(tensors.datatype(t.datatype).numpy for t in outputs)
+                plan.heads[head_key] = (head, dtypes)  # type: ignore[union-attr]
             return [head, *encoded.blobs]
         return _wire_of(Response(encoded.header, media_type="application/json"))
 

@@ -33,8 +33,9 @@ HIGH_WATER = 64 * 1024
 
 _STATUS_LINES: dict[int, bytes] = {}
 
-#: A complete response as the bytes to write (status line to body), for a keep-alive connection.
-Wire = list[bytes | memoryview]
+#: A complete response as the parts to write (status line to body), for a keep-alive connection: bytes-like
+#: objects (bytes, memoryviews, C-contiguous numpy arrays).
+Wire = list[Any]
 #: What a fast handler answers: the response now, one to wait for (given the exchange's ASGI
 #: ``receive``, which reports a client that hangs up), or None to leave the request to the app.
 FastResult = Wire | Callable[[Callable[[], Awaitable[Message]]], Awaitable[Wire]] | None
