@@ -20,10 +20,21 @@ from conch.stats import ModelStats
 class FakeRunner:
     """Records the batches it is given; answers every request after ``delay`` seconds."""
 
-    def __init__(self, name: str, delay: float = 0.0) -> None:
+    def __init__(self, name: str, delay: float = 0.0, inline: bool = False) -> None:
         self.name = name
         self.delay = delay
+        self.inline = inline  # a fast synchronous instance: batches run in the dispatcher (run_now)
+        self.ran_now = 0
         self.batches: list[list[str]] = []
+
+    def can_run_now(self, requests: list[InferenceRequest]) -> bool:
+        return self.inline
+
+    def run_now(self, requests: list[InferenceRequest]) -> None:
+        self.batches.append([r.id for r in requests])
+        self.ran_now += 1
+        for request in requests:
+            request.respond(InferenceResponse())
 
     async def run(self, requests: list[InferenceRequest]) -> None:
         self.batches.append([r.id for r in requests])
@@ -139,6 +150,26 @@ def test_no_delay_sends_what_is_queued_when_an_instance_frees(monkeypatch: pytes
         return runner.batches
 
     assert asyncio.run(main()) == [["0"], ["1", "2", "3"]]
+
+
+def test_fast_synchronous_instances_run_batches_in_the_dispatcher(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No task per batch for an instance that can run now; requests of one loop turn still share a batch."""
+
+    async def main() -> tuple[list[list[str]], int]:
+        runner = FakeRunner("m_0", inline=True)
+        batcher = make(config(""), [runner], monkeypatch)
+        await batcher.start()
+        first = [request(str(i)) for i in range(3)]
+        for r in first:
+            batcher.enqueue(r)
+        await asyncio.wait_for(first[-1].stream.next(), 5)  # type: ignore[union-attr]
+        alone = request("3")
+        batcher.enqueue(alone)
+        await finish(batcher, [*first[:-1], alone])
+        assert not batcher._running
+        return runner.batches, runner.ran_now
+
+    assert asyncio.run(main()) == ([["0", "1", "2"], ["3"]], 2)
 
 
 def test_priority_levels_order_and_default_level(monkeypatch: pytest.MonkeyPatch) -> None:

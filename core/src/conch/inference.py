@@ -103,7 +103,14 @@ class ResponseStream:
             return
         if response.final:
             self.done = True
-        call_on_loop(self._loop, self._deliver, response)
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is self._loop:
+            self._deliver(response)
+        else:
+            self._loop.call_soon_threadsafe(self._deliver, response)
 
     def _deliver(self, response: InferenceResponse) -> None:
         self._items.append(response)

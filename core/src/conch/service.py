@@ -98,8 +98,7 @@ class InferenceService:
         self.shared_memory = SharedMemoryRegistry()
         #: Trace settings and sampling (:mod:`conch.tracing`); frontends sample while ``tracer.active``.
         self.tracer = tracer or TraceManager()
-        self._idle = asyncio.Event()
-        self._idle.set()
+        self._idle: asyncio.Future[None] | None = None  # what drain() awaits, while it does
 
     # -- health and metadata -------------------------------------------------------------------
 
@@ -210,19 +209,21 @@ class InferenceService:
 
     def _track(self, stream: ResponseStream) -> None:
         self.inflight += 1
-        self._idle.clear()
         stream.on_done = self._untrack
 
     def _untrack(self) -> None:
         self.inflight -= 1
-        if self.inflight == 0:
-            self._idle.set()
+        if self.inflight == 0 and self._idle is not None and not self._idle.done():
+            self._idle.set_result(None)
 
     async def drain(self, timeout: float) -> bool:
         """Stop accepting and wait up to ``timeout`` seconds for in-flight requests; True if all done."""
         self.accepting = False
         try:
-            await asyncio.wait_for(self._idle.wait(), timeout)
+            if self.inflight:
+                if self._idle is None or self._idle.done():
+                    self._idle = asyncio.get_running_loop().create_future()
+                await asyncio.wait_for(asyncio.shield(self._idle), timeout)
             return True
         except asyncio.TimeoutError:
             return False

@@ -229,6 +229,12 @@ class DynamicBatcher(Scheduler):
                 "batch for %s: %d requests, batch size %d, on instance '%s'; closed: %s",
                 self.model, len(requests), rows, runner.name, reason,
             )
+        if runner.can_run_now(requests):  # a fast synchronous instance: the batch runs right here
+            try:
+                runner.run_now(requests)
+            finally:
+                self._free.add(index)
+            return
         task = asyncio.get_running_loop().create_task(self._run(index, runner, requests))
         self._running.add(task)
         task.add_done_callback(self._running.discard)

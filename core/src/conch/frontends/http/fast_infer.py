@@ -67,7 +67,6 @@ class _InputPlan:
     array_shape: tuple[int, ...]  # as the backend sees it (after ``reshape``)
     dtype: np.dtype[Any]
     offset: int
-    count: int
 
 
 @dataclass(slots=True, eq=False)
@@ -90,7 +89,7 @@ class _Plan:
     def request(self, body: bytes, name: str, version: int) -> InferenceRequest:
         inputs = {}
         for spec in self.inputs:
-            data = np.frombuffer(body, spec.dtype, spec.count, spec.offset).reshape(spec.array_shape)
+            data = np.ndarray(spec.array_shape, spec.dtype, body, spec.offset)  # a read-only view of the body
             inputs[spec.name] = InferInput(spec.name, spec.datatype, list(spec.shape), data)
         request = InferenceRequest(
             model_name=name,
@@ -211,7 +210,7 @@ class FastInfer:
                 return None
             inputs.append(
                 _InputPlan(
-                    tensor.name, tensor.datatype, tuple(tensor.shape), data.shape, data.dtype, offset, int(data.size)
+                    tensor.name, tensor.datatype, tuple(tensor.shape), data.shape, data.dtype, offset
                 )
             )
         return _Plan(
