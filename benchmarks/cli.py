@@ -41,7 +41,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--short", action="store_true", help="quick check (under 3 minutes): 2 models, c=1,16, 1 repeat"
     )
-    parser.add_argument("--peers", default="triton,mlserver", help="peer servers to install and measure, or 'none'")
+    parser.add_argument("--peers", default="triton,mlserver,floor",
+                        help="peer servers to install and measure (floor: canned answers, benchmarks/floor.py), or 'none'")  # fmt: skip
     parser.add_argument("--models", help=f"comma-separated, from: {', '.join(models.MODELS)}")
     parser.add_argument("--protocols", default="http,grpc")
     parser.add_argument("--concurrency", help="comma-separated levels")
@@ -64,8 +65,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ns.protocols = [p for p in ns.protocols.split(",") if p]
     ns.concurrency = [int(c) for c in ns.concurrency.split(",") if c]
     ns.peers = [] if ns.peers in ("", "none") else ns.peers.split(",")
-    if set(ns.peers) - {"triton", "mlserver"}:
-        parser.error("--peers takes triton, mlserver or none")
+    if set(ns.peers) - {"triton", "mlserver", "floor"}:
+        parser.error("--peers takes triton, mlserver, floor or none")
     return ns
 
 
@@ -82,7 +83,7 @@ def main(argv: list[str] | None = None) -> Path:
     except InstallError as error:
         raise SystemExit(f"[bench] cannot run: {error}") from None
     peers: dict[str, install.Command] = {}
-    for peer in ns.peers:
+    for peer in [p for p in ns.peers if p != "floor"]:
         try:
             peers[peer] = install.triton() if peer == "triton" else install.mlserver()
         except InstallError as error:
@@ -101,7 +102,8 @@ def main(argv: list[str] | None = None) -> Path:
     report.write_csv(out / "summary.csv", list(cells))
     report.write_csv(out / "baselines.csv", list(baselines.values()))
     minutes = (time.monotonic() - began) / 60
-    header = _header(ns, stamp, tool, sorted(peers), load_start, busy, minutes)
+    measured = sorted([*peers, *(["floor"] if "floor" in ns.peers else [])])
+    header = _header(ns, stamp, tool, measured, load_start, busy, minutes)
     (out / "table.md").write_text(report.markdown(cells, baselines, header))
     (out / "run.json").write_text(json.dumps({"argv": sys.argv[1:] if argv is None else argv, "mode": ns.mode,
                                               "started": stamp.isoformat(), "minutes": round(minutes, 2),
@@ -130,13 +132,16 @@ def _run(ns: argparse.Namespace, tool: Path, peers: dict[str, install.Command], 
         repos["triton"] = models.write_triton(work / "triton", chosen, graphs)
     if "mlserver" in peers:
         repos["mlserver"] = models.write_mlserver(work / "mlserver", chosen, graphs)
+    if "floor" in ns.peers:
+        repos["floor"] = work / "conch"  # answers copied from Conch's
     running: dict[str, servers.Server] = {}
     measurements: list[perf.Measurement] = []
     try:
         for kind, repo in repos.items():
             say(f"starting {kind} ...")
             try:
-                running[kind] = servers.start(kind, repo, out / "logs" / f"{kind}.log", peers.get(kind))
+                running[kind] = servers.start(kind, repo, out / "logs" / f"{kind}.log", peers.get(kind),
+                                              running.get("conch"), [m.name for m in chosen])  # fmt: skip
             except RuntimeError as error:
                 if kind == "conch":
                     raise
@@ -150,7 +155,10 @@ def _run(ns: argparse.Namespace, tool: Path, peers: dict[str, install.Command], 
                 for protocol in ns.protocols:
                     for level in ns.concurrency:
                         for kind in turn:
-                            if kind != "conch" and kind not in model.peers:
+                            if kind == "floor":  # the machine's own cost: HTTP at concurrency 1
+                                if protocol != "http" or level != 1:
+                                    continue
+                            elif kind != "conch" and kind not in model.peers:
                                 continue
                             name = f"{kind}-{model.name}-{protocol}-c{level}-r{repeat + 1}.csv"
                             m = perf.measure(tool, running[kind], model.name, protocol, level, repeat + 1, settings,

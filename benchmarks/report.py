@@ -103,10 +103,16 @@ def markdown(cells: list[Cell], baselines: dict[str, Baseline], header: list[str
     if baselines:
         out += ["## Serving overhead at concurrency 1", "",
                 f"p50 latency through the server minus the raw call's median (target for Conch: under {TARGET_OVERHEAD_US} µs). "
-                "It includes perf_analyzer's own client, which runs on the same cores.", "",
-                "| model | raw call | raw median µs | protocol | " + " | ".join(f"{NAMES[s]} p50 µs | {NAMES[s]} overhead µs"
-                                                                      for s in ["conch", *peers]) + " |",
-                "|---|---|---|---|" + "---|---|" * (1 + len(peers))]  # fmt: skip
+                "It includes perf_analyzer's own client, which runs on the same cores."]  # fmt: skip
+        floor = any(c.server == "floor" for c in cells)
+        if floor:
+            out += ["The floor is a server answering with canned bytes (`benchmarks/floor.py`), measured in the same "
+                    "run: what perf_analyzer, loopback and wake-ups cost on this machine before any server works; "
+                    "Conch above it is what Conch's request path and the model's call add."]  # fmt: skip
+        out += ["", "| model | raw call | raw median µs | protocol | "
+                + " | ".join(f"{NAMES[s]} p50 µs | {NAMES[s]} overhead µs" for s in ["conch", *peers])
+                + (" | floor p50 µs | Conch above floor µs" if floor else "") + " |",
+                "|---|---|---|---|" + "---|---|" * (1 + len(peers) + floor)]  # fmt: skip
         for model in models:
             base = baselines.get(model)
             if base is None:
@@ -121,6 +127,12 @@ def markdown(cells: list[Cell], baselines: dict[str, Baseline], header: list[str
                     overhead = cell.p50_us - base.median_us
                     flag = " ✓" if server == "conch" and overhead < TARGET_OVERHEAD_US else ""
                     row += [f"{cell.p50_us:,.0f}", f"{overhead:,.0f}{flag}"]
+                if floor:
+                    ours, canned = by_key.get(("conch", model, protocol, 1)), by_key.get(("floor", model, protocol, 1))
+                    if ours is None or canned is None or ours.p50_us is None or canned.p50_us is None:
+                        row += ["—", "—"]
+                    else:
+                        row += [f"{canned.p50_us:,.0f}", f"{ours.p50_us - canned.p50_us:,.0f}"]
                 out.append("| " + " | ".join(row) + " |")
         out.append("")
         out += [

@@ -22,7 +22,8 @@ import requests
 from .install import Command
 
 TICK = os.sysconf("SC_CLK_TCK")
-NAMES = {"conch": "Conch", "triton": "Triton 2.51", "mlserver": "MLServer 1.7"}
+NAMES = {"conch": "Conch", "triton": "Triton 2.51", "mlserver": "MLServer 1.7", "floor": "Floor (canned answers)"}
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def free_port() -> int:
@@ -79,15 +80,22 @@ def session_cpu(sid: int) -> float:
     return ticks / TICK
 
 
-def start(kind: str, repo: Path, log: Path, peer: Command | None = None) -> Server:
-    """``conch serve``, tritonserver or MLServer over ``repo`` on free loopback ports, once ready.
+def start(kind: str, repo: Path, log: Path, peer: Command | None = None, conch: Server | None = None,
+          models: list[str] | None = None) -> Server:  # fmt: skip
+    """``conch serve``, tritonserver, MLServer or the floor over ``repo`` on free loopback ports, once ready.
 
-    ``peer`` is how to run Triton or MLServer (from :mod:`benchmarks.install`).
+    ``peer`` is how to run Triton or MLServer (from :mod:`benchmarks.install`); the floor
+    (:mod:`benchmarks.floor`) copies ``models``' answers from the running ``conch``.
     """
     http, grpc, metrics = free_port(), free_port(), free_port()
     env = dict(os.environ)
     cwd = None
-    if kind == "mlserver":
+    if kind == "floor":
+        assert conch is not None and models
+        args = [sys.executable, "-m", "benchmarks.floor", f"--port={http}", f"--conch=127.0.0.1:{conch.http}",
+                f"--models={','.join(models)}"]  # fmt: skip
+        cwd = ROOT
+    elif kind == "mlserver":
         assert peer is not None
         settings = {"http_port": http, "grpc_port": grpc, "metrics_port": metrics, "host": "127.0.0.1",
                     "debug": False, "parallel_workers": 1}  # fmt: skip

@@ -1,4 +1,4 @@
-"""The benchmark suite (``python -m benchmarks``) end to end on a tiny subset: one model, one level, HTTP, no peers."""
+"""The benchmark suite (``python -m benchmarks``) end to end on a tiny subset: one model, one level, HTTP, the floor."""
 
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ def test_short_run_writes_csv_table_and_plot(tmp_path: Path) -> None:
     out = tmp_path / "results"
     plots = TOOLS.exists()
     args = [sys.executable, "-m", "benchmarks", "--short", "--models", "add_sub_onnx", "--concurrency", "1",
-            "--protocols", "http", "--peers", "none", "--interval-ms", "300", "--raw-seconds", "0.2",
+            "--protocols", "http", "--peers", "floor", "--interval-ms", "300", "--raw-seconds", "0.2",
             "--out", str(out), *([] if plots else ["--no-plots"])]  # fmt: skip
     env = {**os.environ, "PERF_ANALYZER": str(PERF_ANALYZER)}
     done = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
@@ -39,7 +39,8 @@ def test_short_run_writes_csv_table_and_plot(tmp_path: Path) -> None:
     with (out / "summary.csv").open() as f:
         rows = list(csv.DictReader(f))
     assert [(r["server"], r["model"], r["protocol"], r["concurrency"]) for r in rows] == [
-        ("conch", "add_sub_onnx", "http", "1")
+        ("conch", "add_sub_onnx", "http", "1"),
+        ("floor", "add_sub_onnx", "http", "1"),
     ]
     assert float(rows[0]["throughput"]) > 0
     assert float(rows[0]["p99_us"]) >= float(rows[0]["p50_us"]) > 0
@@ -51,6 +52,8 @@ def test_short_run_writes_csv_table_and_plot(tmp_path: Path) -> None:
     table = (out / "table.md").read_text()
     assert "## Serving overhead at concurrency 1" in table
     assert "| add_sub_onnx | HTTP | 1 | Conch |" in table
+    assert "| floor p50 µs | Conch above floor µs |" in table
+    assert float(rows[1]["p50_us"]) > 0  # perf_analyzer ran against the canned answers
     if plots:
         png = out / "add_sub_onnx.png"
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
