@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 
 from conch._proto import model_config_pb2 as mc
-from conch.backend import Backend, InstanceContext, ModelContext, ModelInstance
-from conch.inference import InferenceRequest, InferenceResponse, InferInput, ResponseStream
+from conch.backend import Backend, Batching, InstanceContext, ModelContext, ModelInstance
+from conch.inference import InferenceRequest, InferenceResponse, InferInput, RequestedOutput, ResponseStream
 from conch.scheduling.runner import InstanceRunner
 
 
@@ -97,4 +97,50 @@ async def test_one_slow_execution_does_not_keep_a_fast_model_off_the_loop() -> N
     for _ in range(3):
         await _run(runner)
     assert instance.threads[-1] == threading.current_thread().name
+    await runner.unload()
+
+
+class Doubler(ModelInstance):
+    """A concatenating instance: OUTPUT0 = 2 * INPUT0; a negative first element makes it fail."""
+
+    def execute_batch(self, inputs: dict[str, np.ndarray], output_names: list[str]) -> dict[str, np.ndarray]:
+        array = inputs["INPUT0"]
+        if array.flat[0] < 0:
+            raise ValueError("negative input")
+        return {"OUTPUT0": array * 2}
+
+
+class DoublerBackend(Backend):
+    name = "doubler"
+    batching = Batching.CONCATENATE
+
+    def create_instance(self, context: InstanceContext) -> ModelInstance:
+        return Doubler()
+
+
+async def test_respond_now_returns_the_response_and_counts_it() -> None:
+    """The HTTP fast path's call: one request executed here, its response returned, statistics kept."""
+    config = mc.ModelConfig(name="m", max_batch_size=4)
+    config.output.add(name="OUTPUT0", data_type=mc.TYPE_FP32, dims=[2])
+    runner = InstanceRunner(
+        DoublerBackend(), InstanceContext(ModelContext("m", 1, Path("/nonexistent"), config), "m_0", "m", 0, "CPU")
+    )
+    await runner.create()
+    assert runner.concatenates
+
+    def request(first: float) -> InferenceRequest:
+        made = InferenceRequest("m", id="r1", version_label="1")
+        made.inputs["INPUT0"] = InferInput("INPUT0", "FP32", [1, 2], np.array([[first, 3]], np.float32))
+        made.outputs.append(RequestedOutput("OUTPUT0"))
+        made.batch_size = 1
+        return made
+
+    response = runner.respond_now(request(1))
+    assert (response.model_name, response.model_version, response.id, response.error) == ("m", "1", "r1", None)
+    assert [(t.name, t.datatype, t.data.tolist()) for t in response.outputs] == [("OUTPUT0", "FP32", [[2.0, 6.0]])]
+    failed = runner.respond_now(request(-1))
+    assert failed.error is not None and failed.error.message == "negative input" and not failed.outputs
+    assert failed.id == "r1" and not runner.busy
+    stats = runner.stats
+    assert (stats.success.count, stats.fail.count, stats.execution_count, stats.inference_count) == (1, 1, 1, 1)
     await runner.unload()

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from conch.backend import Backend, InstanceContext, ModelContext
 from conch.classification import read_labels
 from conch.errors import ConchError, ErrorCode
-from conch.inference import InferenceRequest
+from conch.inference import InferenceRequest, InferenceResponse
 from conch.overrides import LoadOverrides, OverrideFolder, parse_load_parameters
 from conch.repository import ModelLocation, fingerprint
 from conch.scheduling import DefaultScheduler, InstanceRunner, Scheduler
@@ -116,6 +116,18 @@ class ModelVersion:
         request.version_label = self.label
         assert self.scheduler is not None
         self.scheduler.enqueue(request)
+
+    def respond_now(self, request: InferenceRequest) -> InferenceResponse | None:
+        """A validated request's response when the scheduler can execute it right here (see
+        ``DefaultScheduler.respond_now``); None when it cannot: submit the request instead."""
+        if self.state is not ModelState.READY:
+            return None
+        respond_now = getattr(self.scheduler, "respond_now", None)
+        if respond_now is None:
+            return None
+        request.version_label = self.label
+        response: InferenceResponse | None = respond_now(request)
+        return response
 
     def metadata(self) -> dict[str, Any]:
         config = self.config

@@ -199,6 +199,13 @@ class InferenceService:
             raise
         return stream
 
+    def infer_now(self, request: InferenceRequest, model: ModelVersion) -> InferenceResponse | None:
+        """The response of a request validated against ``model``, when its scheduler can execute it right
+        here, at once (no queue, no stream); None otherwise, and then nothing happened: submit it."""
+        if not self.accepting or request.trace is not None:
+            return None
+        return model.respond_now(request)
+
     async def infer(self, request: InferenceRequest, model: ModelVersion | None = None) -> InferenceResponse:
         """Submit and wait for the (single, final) response; error responses are raised."""
         stream = self.submit(request, model)

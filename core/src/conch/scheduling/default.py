@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 
 from conch.errors import ConchError, ErrorCode
-from conch.inference import InferenceRequest
+from conch.inference import InferenceRequest, InferenceResponse
 from conch.scheduling.base import Scheduler
 from conch.scheduling.runner import InstanceRunner
 
@@ -35,6 +35,17 @@ class DefaultScheduler(Scheduler):
                     runner.run_now(batch)
                     return
         self._queue.put_nowait(request)
+
+    def respond_now(self, request: InferenceRequest) -> InferenceResponse | None:
+        """The response of a validated request, executed right here when nothing is queued and an idle
+        instance of a concatenating backend runs fast batches on the event loop; else None (submit it)."""
+        if not self._workers or not self._queue.empty():
+            return None
+        batch = [request]
+        for runner in self.runners:
+            if runner.concatenates and runner.can_run_now(batch):
+                return runner.respond_now(request)
+        return None
 
     async def start(self) -> None:
         self._workers = [asyncio.create_task(self._work(runner)) for runner in self.runners]

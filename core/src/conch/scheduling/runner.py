@@ -46,6 +46,11 @@ class InstanceRunner:
         self._recent_ns: float | None = None  # what an execution usually takes (see _timed), thread hop excluded
         self.busy = False
 
+    @property
+    def concatenates(self) -> bool:
+        """Whether the backend takes batches as concatenated arrays (``execute_batch``)."""
+        return self._concatenate
+
     async def create(self) -> None:
         """Create the backend instance on the instance's own thread."""
         loop = asyncio.get_running_loop()
@@ -130,6 +135,30 @@ class InstanceRunner:
             self._stamp(requests, start)
         self._record(requests, start, ok)
 
+    def respond_now(self, request: InferenceRequest) -> InferenceResponse:
+        """:meth:`run_now` for one request of a concatenating backend, its response returned to the caller
+        instead of sent on a stream (the HTTP fast path writes it at once). Statistics as for any run."""
+        assert self.instance is not None and self._concatenate
+        self.busy = True
+        start = time.monotonic_ns()
+        ok = True
+        try:
+            inputs = {name: tensor.data for name, tensor in request.inputs.items()}
+            outputs = self._timed(self.instance.execute_batch, (inputs, [o.name for o in request.outputs]))
+            infer_end = time.monotonic_ns()
+            response = InferenceResponse(request.model_name, request.version_label, request.id,
+                                         self._tensors(request, outputs, 0))  # fmt: skip
+            self._timing = [0, infer_end - start, time.monotonic_ns() - infer_end]
+        except Exception as exc:  # noqa: BLE001 - a backend failure fails the request, never the server
+            ok = False
+            response = InferenceResponse(request.model_name, request.version_label, request.id, error=self._error(exc))
+        finally:
+            self.busy = False
+        if tracing.EVER_SAMPLED:
+            self._stamp([request], start)
+        self._record([request], start, ok)
+        return response
+
     def _stamp(self, requests: list[InferenceRequest], start: int) -> None:
         """The compute timestamps of the batch's traced requests (Triton's names), then REQUEST_END."""
         input_end = start + self._timing[0]
@@ -145,13 +174,15 @@ class InstanceRunner:
                 trace.stamp("REQUEST_END", end)
 
     def _fail(self, requests: list[InferenceRequest], exc: Exception) -> None:
-        if isinstance(exc, ConchError):
-            error = exc
-        else:
-            log.exception("model instance '%s' failed to execute", self.name, exc_info=exc)
-            error = ConchError(str(exc) or type(exc).__name__, ErrorCode.INTERNAL)
+        error = self._error(exc)
         for request in requests:
             request.respond(InferenceResponse(error=error))
+
+    def _error(self, exc: Exception) -> ConchError:
+        if isinstance(exc, ConchError):
+            return exc
+        log.exception("model instance '%s' failed to execute", self.name, exc_info=exc)
+        return ConchError(str(exc) or type(exc).__name__, ErrorCode.INTERNAL)
 
     def _record(self, requests: list[InferenceRequest], start: int, ok: bool) -> None:
         stats = self.stats
@@ -220,26 +251,30 @@ class InstanceRunner:
     def _split(self, requests: list[InferenceRequest], outputs: object, begin: int, infer_start: int) -> None:
         """Each request's rows of the batch's outputs, as its response; records the compute timing."""
         infer_end = time.monotonic_ns()
+        offset = 0
+        for request in requests:
+            request.respond(InferenceResponse(outputs=self._tensors(request, outputs, offset)))
+            offset += max(request.batch_size, 1)
+        self._timing = [infer_start - begin, infer_end - infer_start, time.monotonic_ns() - infer_end]
+
+    def _tensors(self, request: InferenceRequest, outputs: object, offset: int) -> list[Tensor]:
+        """The request's rows (from ``offset``) of each output it asked for, from a batch's outputs."""
         if not isinstance(outputs, dict):
             raise ConchError(
                 f"model instance '{self.name}' returned {type(outputs).__name__}, expected a dict of outputs",
                 ErrorCode.INTERNAL,
             )
         types = self._output_types
-        offset = 0
-        for request in requests:
-            rows = max(request.batch_size, 1)
-            batched = request.batch_size > 0
-            tensors = []
-            for output in request.outputs:
-                name = output.name
-                array = outputs[name]
-                if batched and not (offset == 0 and array.ndim and array.shape[0] == rows):
-                    array = array[offset : offset + rows]  # a lone request's rows are the whole array
-                tensors.append(Tensor(name, types.get(name, "FP32"), array))
-            offset += rows
-            request.respond(InferenceResponse(outputs=tensors))
-        self._timing = [infer_start - begin, infer_end - infer_start, time.monotonic_ns() - infer_end]
+        rows = max(request.batch_size, 1)
+        batched = request.batch_size > 0
+        tensors = []
+        for output in request.outputs:
+            name = output.name
+            array = outputs[name]
+            if batched and not (offset == 0 and array.ndim and array.shape[0] == rows):
+                array = array[offset : offset + rows]  # a lone request's rows are the whole array
+            tensors.append(Tensor(name, types.get(name, "FP32"), array))
+        return tensors
 
     async def unload(self) -> None:
         """Release the instance on its own thread, then end the thread."""
