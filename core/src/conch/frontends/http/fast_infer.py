@@ -20,6 +20,7 @@ answers itself, as the app would.
 from __future__ import annotations
 
 import logging
+import weakref
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -73,7 +74,7 @@ class _InputPlan:
 class _Plan:
     """What one request header asks of one model version."""
 
-    model: ModelVersion
+    model: weakref.ref[ModelVersion]  # not kept alive by the cache once unloaded
     id: str
     parameters: dict[str, Any]
     inputs: tuple[_InputPlan, ...]
@@ -141,7 +142,7 @@ class FastInfer:
             return None
         key = (url, body[:header_length])
         plan = self.plans.get(key)
-        if plan is not None and plan.model is model and plan.size == len(body):
+        if plan is not None and plan.model() is model and plan.size == len(body):
             request = plan.request(body, name, version)
             decoded = None
         else:
@@ -217,7 +218,7 @@ class FastInfer:
                 )
             )
         return _Plan(
-            model=model,
+            model=weakref.ref(model),
             id=request.id,
             parameters=dict(request.parameters),
             inputs=tuple(inputs),
