@@ -80,7 +80,7 @@ class _Plan:
     inputs: tuple[_InputPlan, ...]
     size: int  # the body's length
     batch_size: int
-    outputs: tuple[str, ...]
+    requested: tuple[RequestedOutput, ...]
     output_options: dict[str, codec.OutputOptions]
     binary_default: bool
     # outputs' (name, datatype, shape) → the status line to the JSON header, and the numpy dtypes whose
@@ -97,7 +97,7 @@ class _Plan:
             model_version=version,
             id=self.id,
             inputs=inputs,
-            outputs=[RequestedOutput(output) for output in self.outputs],
+            outputs=list(self.requested),  # shared: nothing changes a requested output once decoded
             parameters=dict(self.parameters) if self.parameters else {},
         )
         request.batch_size = self.batch_size
@@ -224,7 +224,7 @@ class FastInfer:
             inputs=tuple(inputs),
             size=size,
             batch_size=request.batch_size,
-            outputs=tuple(o.name for o in request.outputs),
+            requested=tuple(RequestedOutput(o.name) for o in request.outputs),
             output_options=dict(decoded.output_options),
             binary_default=decoded.binary_default,
             heads={},
@@ -244,9 +244,9 @@ class FastInfer:
         outputs = response.outputs
         head_key: tuple[Any, ...] | None = None
         if plan is not None and not response.parameters:
-            head_key = (response.model_name, response.model_version, response.id) + tuple(
+            head_key = (response.model_name, response.model_version, response.id, *[
                 (t.name, t.datatype, t.data.shape) for t in outputs
-            )
+            ])  # fmt: skip
             cached = plan.heads.get(head_key)
             if cached is not None:
                 head, dtypes = cached
