@@ -46,7 +46,7 @@ def test_two_instances_on_their_threads_overlap(tmp_path: Path, models: SimpleNa
     lock = threading.Lock()
 
     def wrap(instance: OnnxInstance) -> None:
-        original = instance.run
+        original = instance.execute_batch
 
         def run(inputs: dict[str, np.ndarray], outputs: list[str]) -> dict[str, np.ndarray]:
             nonlocal active, peak
@@ -59,7 +59,7 @@ def test_two_instances_on_their_threads_overlap(tmp_path: Path, models: SimpleNa
                 with lock:
                     active -= 1
 
-        instance.run = run  # type: ignore[method-assign]
+        instance.execute_batch = run  # type: ignore[method-assign]
 
     wrap(a)
     wrap(b)
