@@ -68,16 +68,13 @@ HEADER = {
 
 
 async def _answer(fast: FastInfer, url: bytes, headers: list[tuple[bytes, bytes]], body: bytes) -> Any:
-    """The handler's result; a response still to come is awaited (the client never hangs up)."""
+    """The handler's result; a response still to come is waited for."""
     result = fast(url, headers, body)
     if result is None or isinstance(result, list):
         return result
-
-    async def receive() -> dict[str, Any]:
-        await asyncio.sleep(3600)
-        return {"type": "http.disconnect"}
-
-    return await result(receive)
+    done: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+    result.attach(done.set_result)
+    return await asyncio.wait_for(done, 5)
 
 
 async def test_binary_requests_are_answered_and_planned(fast: FastInfer) -> None:
@@ -96,10 +93,26 @@ async def test_binary_requests_are_answered_and_planned(fast: FastInfer) -> None
 async def test_requests_that_wait_for_a_batch(fast: FastInfer) -> None:
     headers, body = _body(HEADER, ARRAY)
     result = fast(b"/v2/models/batched/infer", headers, body)
-    assert callable(result) and not isinstance(result, list)
+    assert result is not None and not isinstance(result, list)  # waits for its batch
     wire = await _answer(fast, b"/v2/models/batched/infer", headers, body)
     assert b"".join(wire).endswith(ARRAY.tobytes())
-    await asyncio.sleep(0.05)  # the first one's batch ran too
+    answered: list[Any] = []
+    result.attach(answered.append)  # its batch ran already: answered at once
+    assert len(answered) == 1 and b"".join(answered[0]).endswith(ARRAY.tobytes())
+
+
+async def test_a_client_gone_cancels_what_waits(fast: FastInfer) -> None:
+    headers, body = _body(HEADER, ARRAY)
+    result = fast(b"/v2/models/batched/infer", headers, body)
+    assert result is not None and not isinstance(result, list)
+    answered: list[Any] = []
+    result.attach(answered.append)
+    result.cancel()  # the connection was lost before the batch ran
+    stream = result.stream  # type: ignore[attr-defined]
+    assert stream.cancelled and stream.done
+    await asyncio.sleep(0.05)
+    assert answered == []
+    assert fast.service.inflight == 0
 
 
 @pytest.mark.parametrize(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
@@ -15,6 +16,8 @@ from conch.errors import ConchError, ErrorCode
 
 if TYPE_CHECKING:
     from conch.tracing import Trace
+
+log = logging.getLogger("conch.inference")
 
 
 @dataclass(slots=True)
@@ -87,7 +90,7 @@ class ResponseStream:
     One consumer at a time: a deque and a single waiting future, lighter than an ``asyncio.Queue``.
     """
 
-    __slots__ = ("_loop", "_items", "_waiter", "done", "cancelled", "on_done")
+    __slots__ = ("_loop", "_items", "_waiter", "done", "cancelled", "on_done", "on_response")
 
     def __init__(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
         self._loop = loop or asyncio.get_running_loop()
@@ -96,6 +99,9 @@ class ResponseStream:
         self.done = False
         self.cancelled = False
         self.on_done: Callable[[], None] | None = None  # called on the loop after the final response
+        # Called on the loop after each response arrives: a consumer that takes responses as they come
+        # (``take()``) instead of awaiting ``next()``.
+        self.on_response: Callable[[], None] | None = None
 
     def send(self, response: InferenceResponse) -> None:
         """Deliver a response; after one with ``final`` set, further sends are ignored."""
@@ -119,6 +125,11 @@ class ResponseStream:
             waiter.set_result(None)
         if response.final and self.on_done is not None:
             self.on_done()
+        if self.on_response is not None:
+            try:
+                self.on_response()
+            except Exception:  # noqa: BLE001 - the consumer's failure is not the producer's
+                log.exception("response consumer failed")
 
     def fail(self, error: ConchError) -> None:
         self.send(InferenceResponse(error=error, final=True))

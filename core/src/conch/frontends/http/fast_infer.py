@@ -21,25 +21,16 @@ from __future__ import annotations
 
 import logging
 import weakref
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from starlette.types import Message
 
 from conch import tensors
-from conch.errors import ConchError
+from conch.errors import ConchError, ErrorCode
 from conch.frontends.http import codec
-from conch.frontends.http.app import (
-    _MODEL,
-    OCTET_STREAM,
-    TEXT,
-    HTTPApp,
-    _ClientGone,
-    _response_or_disconnect,
-    error_response,
-)
+from conch.frontends.http.app import _MODEL, OCTET_STREAM, TEXT, HTTPApp, error_response
 from conch.frontends.http.responses import Response
 from conch.frontends.http.server import Wire, _status_line
 from conch.inference import InferenceRequest, InferenceResponse, InferInput, RequestedOutput, ResponseStream
@@ -291,9 +282,11 @@ class FastInfer:
 
 
 class _Waiting:
-    """A response still to come (the request waits in a queue or runs on another thread)."""
+    """A response still to come (the request waits in a queue, for a batch, or runs on another thread):
+    written by the connection when the stream delivers it, without a task; a client that hangs up first
+    cancels the request, as in Triton."""
 
-    __slots__ = ("fast", "stream", "request", "model", "plan", "decoded")
+    __slots__ = ("fast", "stream", "request", "model", "plan", "decoded", "deliver")
 
     def __init__(
         self,
@@ -310,13 +303,29 @@ class _Waiting:
         self.model = model
         self.plan = plan
         self.decoded = decoded
+        self.deliver: Callable[[Wire], None] | None = None
 
-    async def __call__(self, receive: Callable[[], Awaitable[Message]]) -> Wire:
-        try:
-            response = await _response_or_disconnect(self.stream, receive)
-        except _ClientGone:
-            return []
-        return self.fast._wire(response, self.request, self.model, self.plan, self.decoded)
+    def attach(self, deliver: Callable[[Wire], None]) -> None:
+        self.deliver = deliver
+        if self.stream.ready():
+            self._arrived()
+        else:
+            self.stream.on_response = self._arrived
+
+    def _arrived(self) -> None:
+        stream = self.stream
+        stream.on_response = None
+        deliver, self.deliver = self.deliver, None
+        if deliver is not None:
+            deliver(self.fast._wire(stream.take(), self.request, self.model, self.plan, self.decoded))
+
+    def cancel(self) -> None:
+        stream = self.stream
+        stream.on_response = None
+        self.deliver = None
+        if not stream.done:
+            stream.cancelled = True  # the scheduler drops it if still queued
+            stream.fail(ConchError("Request was cancelled", ErrorCode.CANCELLED))
 
 
 def _offset(body: bytes, view: memoryview) -> int | None:

@@ -18,8 +18,8 @@ import socket
 import time
 import urllib.parse
 from collections import deque
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Protocol
 
 import httptools
 from starlette.types import ASGIApp, Message
@@ -36,9 +36,20 @@ _STATUS_LINES: dict[int, bytes] = {}
 #: A complete response as the parts to write (status line to body), for a keep-alive connection: bytes-like
 #: objects (bytes, memoryviews, C-contiguous numpy arrays).
 Wire = list[Any]
-#: What a fast handler answers: the response now, one to wait for (given the exchange's ASGI
-#: ``receive``, which reports a client that hangs up), or None to leave the request to the app.
-FastResult = Wire | Callable[[Callable[[], Awaitable[Message]]], Awaitable[Wire]] | None
+
+
+class Pending(Protocol):
+    """A fast handler's response still to come: ``attach(deliver)`` has it call ``deliver(wire)`` on the
+    loop once it is ready (at once if it is); ``cancel()`` when the client hangs up first."""
+
+    def attach(self, deliver: Callable[[Wire], None]) -> None: ...
+
+    def cancel(self) -> None: ...
+
+
+#: What a fast handler answers: the response now, one to wait for, or None to leave the request to
+#: the app.
+FastResult = Wire | Pending | None
 #: ``fast(url, headers, body)``: a handler that answers some complete POST requests without the ASGI
 #: app's per-request objects (Conch's binary inference requests; see ``frontends/http/fast_infer.py``).
 FastHandler = Callable[[bytes, list[tuple[bytes, bytes]], bytes], FastResult]
@@ -142,6 +153,8 @@ class _Connection(asyncio.Protocol):
         # A request held for the fast handler: its body so far (None: the current request is not held).
         self.held: list[bytes] | None = None
         self.held_size = 0
+        self.waiting: Pending | None = None  # the fast handler's response still to come
+        self.close_when_answered = False
 
     # -- asyncio.Protocol ---------------------------------------------------------------------------
 
@@ -170,6 +183,9 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.server.connections.discard(self)
+        pending, self.waiting = self.waiting, None
+        if pending is not None:
+            pending.cancel()
         exchange = self.exchange
         if exchange is not None and not exchange.complete:
             exchange.disconnected = True
@@ -233,6 +249,7 @@ class _Connection(asyncio.Protocol):
             and keep_alive
             and not self.expect_continue
             and (self.exchange is None or self.exchange.complete)
+            and self.waiting is None
             and self.url.endswith(b"/infer")
             and parser.get_method() == b"POST"
         ):
@@ -267,7 +284,7 @@ class _Connection(asyncio.Protocol):
         keep_alive = version != "1.0" and parser.should_keep_alive()
         exchange = _Exchange(self, scope, keep_alive, self.expect_continue)
         current = self.exchange
-        if current is None or current.complete:
+        if (current is None or current.complete) and self.waiting is None:
             self.exchange = exchange
             exchange.start()
         else:  # pipelined: waits for the response before it
@@ -334,11 +351,22 @@ class _Connection(asyncio.Protocol):
             self.transport.write(b"".join(result))
             self.response_done()
         else:
-            self.held, self.held_size = [], 0
-            exchange = self._release()
-            exchange.more_body = False
-            exchange.delivered = True  # the handler has the body: receive() only reports a hang-up
-            exchange.finish = result
+            self.waiting = result
+            result.attach(self._answer_later)
+
+    def _answer_later(self, wire: Wire) -> None:
+        """The fast handler's response that had to wait (a queue, a batch, another thread)."""
+        if self.waiting is None:  # the client went meanwhile
+            return
+        self.waiting = None
+        transport = self.transport
+        if transport.is_closing():
+            return
+        transport.write(b"".join(wire))
+        if self.close_when_answered:
+            transport.close()
+            return
+        self.response_done()
 
     # -- exchanges ----------------------------------------------------------------------------------
 
@@ -361,7 +389,10 @@ class _Connection(asyncio.Protocol):
     def shutdown(self) -> None:
         """Close now when idle, else once the response in progress is out."""
         exchange = self.exchange
-        if exchange is None or exchange.complete:
+        if self.waiting is not None:
+            self.close_when_answered = True
+            self.pipeline.clear()
+        elif exchange is None or exchange.complete:
             self.transport.close()
         else:
             exchange.keep_alive = False
@@ -380,7 +411,6 @@ class _Exchange:
     __slots__ = (
         "connection", "scope", "keep_alive", "expect_continue", "body", "buffered", "more_body",
         "delivered", "disconnected", "started", "complete", "head", "chunked", "length_left", "waiter", "task",
-        "finish",
     )  # fmt: skip
 
     def __init__(self, connection: _Connection, scope: dict[str, Any], keep_alive: bool, expect_continue: bool) -> None:
@@ -400,7 +430,6 @@ class _Exchange:
         self.length_left = 0
         self.waiter: asyncio.Future[None] | None = None
         self.task: asyncio.Task[None] | None = None
-        self.finish: Callable[[Callable[[], Awaitable[Message]]], Awaitable[Wire]] | None = None
 
     def start(self) -> None:
         task = self.task = asyncio.get_running_loop().create_task(self.run())
@@ -422,9 +451,6 @@ class _Exchange:
 
     async def run(self) -> None:
         try:
-            if self.finish is not None:
-                await self._run_fast(self.finish)
-                return
             await self.connection.server.app(self.scope, self.receive, self.send)
         except asyncio.CancelledError:
             self.connection.transport.close()
@@ -440,20 +466,6 @@ class _Exchange:
             if not self.started:
                 self.connection.transport.write(_plain(500, "Internal Server Error"))
             self.connection.transport.close()
-
-    async def _run_fast(self, finish: Callable[[Callable[[], Awaitable[Message]]], Awaitable[Wire]]) -> None:
-        """A fast handler's answer that had to wait (an execution on another thread, a batch)."""
-        wire = await finish(self.receive)
-        if self.disconnected:
-            return
-        self.started = True
-        connection = self.connection
-        if connection.write_paused:
-            await connection.drain()
-        connection.transport.write(b"".join(wire))
-        self.complete = True
-        self.wake()
-        connection.response_done()
 
     async def receive(self) -> Message:
         connection = self.connection
