@@ -2,7 +2,8 @@
 
     .venv/bin/python -m benchmarks.side_by_side --server base=../base/.venv/bin/python \\
         --server new=.venv/bin/python [--models add_sub_onnx,add_sub_python] [--protocols http,grpc] \\
-        [--concurrency 1,16] [--rounds 3] [--interval-ms 1500] [--env new:GRPC_EXPERIMENTS=...]
+        [--concurrency 1,16] [--rounds 3] [--interval-ms 1500] [--env new:GRPC_EXPERIMENTS=...] \
+        [--arg new:--backend-config=python,spin-microseconds=0]
 
 Each ``--server LABEL=PYTHON`` runs ``PYTHON -m conch serve`` (so a second worktree with its own
 ``./dev setup`` serves the old code) over the benchmark suite's Conch repository (``benchmarks.models``:
@@ -55,12 +56,14 @@ def free_port() -> int:
 class Server:
     """One ``conch serve`` in a session of its own (so its CPU time and its workers can be found)."""
 
-    def __init__(self, label: str, python: str, repo: Path, log: Path, env: dict[str, str]) -> None:
+    def __init__(
+        self, label: str, python: str, repo: Path, log: Path, env: dict[str, str], extra: list[str]
+    ) -> None:
         self.label = label
         self.http, self.grpc = free_port(), free_port()
         args = [python, "-m", "conch", "serve", f"--model-repository={repo}", f"--http-port={self.http}",
                 f"--grpc-port={self.grpc}", "--allow-metrics=false", "--log-info=false",
-                "--http-address=127.0.0.1", "--grpc-address=127.0.0.1"]  # fmt: skip
+                "--http-address=127.0.0.1", "--grpc-address=127.0.0.1", *extra]  # fmt: skip
         self.process = subprocess.Popen(
             args, stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True, env={**os.environ, **env}
         )
@@ -131,6 +134,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--server", action="append", required=True, help="LABEL=PYTHON (repeat)")
     parser.add_argument("--env", action="append", default=[], help="LABEL:NAME=VALUE, an environment variable")
+    parser.add_argument("--arg", action="append", default=[], help="LABEL:ARG, one more argument of conch serve")
     parser.add_argument("--models", default="add_sub_onnx,add_sub_python,identity")
     parser.add_argument("--protocols", default="http,grpc")
     parser.add_argument("--concurrency", default="1")
@@ -144,6 +148,10 @@ def main() -> None:
         label, setting = item.split(":", 1)
         name, value = setting.split("=", 1)
         envs.setdefault(label, {})[name] = value
+    extras: dict[str, list[str]] = {}
+    for item in ns.arg:
+        label, arg = item.split(":", 1)
+        extras.setdefault(label, []).append(arg)
     cells = [(model, protocol, int(level)) for model in ns.models.split(",") for protocol in ns.protocols.split(",")
              for level in ns.concurrency.split(",")]  # fmt: skip
     work = Path(tempfile.mkdtemp(prefix="conch-side-by-side-"))
@@ -154,7 +162,7 @@ def main() -> None:
     try:
         for spec in ns.server:
             label, python = spec.split("=", 1)
-            servers.append(Server(label, python, work / "repo", work / f"{label}.log", envs.get(label, {})))
+            servers.append(Server(label, python, work / "repo", work / f"{label}.log", envs.get(label, {}), extras.get(label, [])))
         for server in servers:
             server.wait_ready()
         for round_ in range(ns.rounds):

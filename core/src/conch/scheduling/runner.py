@@ -44,7 +44,9 @@ class InstanceRunner:
         self._concatenate = backend.batching is Batching.CONCATENATE
         self._inline_max_ns = _inline_max_us(context) * 1000
         self._recent_ns: float | None = None  # what an execution usually takes (see _timed), thread hop excluded
-        self.busy = False
+        self.running = 0  # executions handed to the instance and not finished
+        self.depth = 1  # how many may be (ModelInstance.max_inflight of async instances), set by create()
+        self._last_end = 0  # when the last overlapping run ended (see _in_turn)
 
     @property
     def concatenates(self) -> bool:
@@ -59,6 +61,13 @@ class InstanceRunner:
             self.instance.execute_batch if self._concatenate else self.instance.execute
         )
         self._is_async = inspect.iscoroutinefunction(method)
+        if self._is_async:
+            self.depth = max(int(getattr(self.instance, "max_inflight", 1)), 1)
+
+    @property
+    def busy(self) -> bool:
+        """Whether an execution is under way on the instance."""
+        return self.running > 0
 
     def is_ready(self) -> bool:
         return self.instance is not None and self.instance.is_ready()
@@ -67,30 +76,42 @@ class InstanceRunner:
         """Execute a batch and deliver every request's response (errors included); ``record``: count it in
         the statistics (warmup does not)."""
         assert self.instance is not None
-        self.busy = True
+        self.running += 1
         start = time.monotonic_ns()
-        self._timing = [0, 0, 0]  # compute input, infer, output (ns)
+        timing = [0, 0, 0]  # compute input, infer, output (ns); runs of an async instance may overlap
         ok = True
         try:
             if self._concatenate:
                 inputs, wanted = self._gather(requests)
                 infer_start = time.monotonic_ns()
                 outputs = await self._call(requests, self.instance.execute_batch, inputs, wanted)
-                self._split(requests, outputs, start, infer_start)
+                self._split(requests, outputs, start, infer_start, timing)
             else:
                 begin = time.monotonic_ns()
                 responses = await self._call(requests, self.instance.execute, requests)
-                self._timing[1] = time.monotonic_ns() - begin
+                timing[1] = time.monotonic_ns() - begin
                 self._deliver(requests, responses)
         except Exception as exc:  # noqa: BLE001 - a backend failure fails its batch, never the server
             ok = False
             self._fail(requests, exc)
         finally:
-            self.busy = False
+            self.running -= 1
+        if self.depth > 1:
+            start = self._in_turn(start, timing)
         if tracing.EVER_SAMPLED:
-            self._stamp(requests, start)
+            self._stamp(requests, start, timing)
         if record:
-            self._record(requests, start, ok)
+            self._record(requests, start, ok, timing)
+
+    def _in_turn(self, start: int, timing: list[int]) -> int:
+        """When this run really began: an instance taking several executions at once runs them in order,
+        so one handed over before the previous ended waited for it. That wait is queue time, not compute
+        (statistics and traces), so the sums stay within the wall time as in Triton."""
+        previous, self._last_end = self._last_end, time.monotonic_ns()
+        if previous <= start:
+            return start
+        timing[1] = max(timing[1] - (previous - start), 0)
+        return previous
 
     def can_run_now(self, requests: list[InferenceRequest]) -> bool:
         """Whether :meth:`run_now` may execute ``requests``: an idle, synchronous instance whose recent
@@ -112,35 +133,36 @@ class InstanceRunner:
         queue and worker task when an instance is idle.
         """
         assert self.instance is not None
-        self.busy = True
+        self.running += 1
         start = time.monotonic_ns()
-        self._timing = [0, 0, 0]
+        timing = [0, 0, 0]
         ok = True
         try:
             if self._concatenate:
                 inputs, wanted = self._gather(requests)
                 infer_start = time.monotonic_ns()
                 outputs = self._timed(self.instance.execute_batch, (inputs, wanted))
-                self._split(requests, outputs, start, infer_start)
+                self._split(requests, outputs, start, infer_start, timing)
             else:
                 responses = self._timed(self.instance.execute, (requests,))
-                self._timing[1] = time.monotonic_ns() - start
+                timing[1] = time.monotonic_ns() - start
                 self._deliver(requests, responses)
         except Exception as exc:  # noqa: BLE001 - a backend failure fails its batch, never the server
             ok = False
             self._fail(requests, exc)
         finally:
-            self.busy = False
+            self.running -= 1
         if tracing.EVER_SAMPLED:
-            self._stamp(requests, start)
-        self._record(requests, start, ok)
+            self._stamp(requests, start, timing)
+        self._record(requests, start, ok, timing)
 
     def respond_now(self, request: InferenceRequest) -> InferenceResponse:
         """:meth:`run_now` for one request of a concatenating backend, its response returned to the caller
         instead of sent on a stream (the HTTP fast path writes it at once). Statistics as for any run."""
         assert self.instance is not None and self._concatenate
-        self.busy = True
+        self.running += 1
         start = time.monotonic_ns()
+        timing = [0, 0, 0]
         ok = True
         try:
             inputs = {name: tensor.data for name, tensor in request.inputs.items()}
@@ -148,21 +170,21 @@ class InstanceRunner:
             infer_end = time.monotonic_ns()
             response = InferenceResponse(request.model_name, request.version_label, request.id,
                                          self._tensors(request, outputs, 0))  # fmt: skip
-            self._timing = [0, infer_end - start, time.monotonic_ns() - infer_end]
+            timing[1], timing[2] = infer_end - start, time.monotonic_ns() - infer_end
         except Exception as exc:  # noqa: BLE001 - a backend failure fails the request, never the server
             ok = False
             response = InferenceResponse(request.model_name, request.version_label, request.id, error=self._error(exc))
         finally:
-            self.busy = False
+            self.running -= 1
         if tracing.EVER_SAMPLED:
-            self._stamp([request], start)
-        self._record([request], start, ok)
+            self._stamp([request], start, timing)
+        self._record([request], start, ok, timing)
         return response
 
-    def _stamp(self, requests: list[InferenceRequest], start: int) -> None:
+    def _stamp(self, requests: list[InferenceRequest], start: int, timing: list[int]) -> None:
         """The compute timestamps of the batch's traced requests (Triton's names), then REQUEST_END."""
-        input_end = start + self._timing[0]
-        output_start = input_end + self._timing[1]
+        input_end = start + timing[0]
+        output_start = input_end + timing[1]
         end = time.monotonic_ns()
         for request in requests:
             trace = request.trace
@@ -184,14 +206,14 @@ class InstanceRunner:
         log.exception("model instance '%s' failed to execute", self.name, exc_info=exc)
         return ConchError(str(exc) or type(exc).__name__, ErrorCode.INTERNAL)
 
-    def _record(self, requests: list[InferenceRequest], start: int, ok: bool) -> None:
+    def _record(self, requests: list[InferenceRequest], start: int, ok: bool, timing: list[int]) -> None:
         stats = self.stats
         end = time.monotonic_ns()
         if ok:
             batch = (
                 max(requests[0].batch_size, 1) if len(requests) == 1 else sum(max(r.batch_size, 1) for r in requests)
             )
-            compute_input, compute_infer, compute_output = self._timing
+            compute_input, compute_infer, compute_output = timing
             if not compute_infer:
                 compute_infer = end - start - compute_input - compute_output
             stats.record_execution(batch, len(requests), compute_input, compute_infer, compute_output)
@@ -248,14 +270,16 @@ class InstanceRunner:
                     wanted.append(name)
         return inputs, wanted
 
-    def _split(self, requests: list[InferenceRequest], outputs: object, begin: int, infer_start: int) -> None:
-        """Each request's rows of the batch's outputs, as its response; records the compute timing."""
+    def _split(
+        self, requests: list[InferenceRequest], outputs: object, begin: int, infer_start: int, timing: list[int]
+    ) -> None:
+        """Each request's rows of the batch's outputs, as its response; fills in the compute ``timing``."""
         infer_end = time.monotonic_ns()
         offset = 0
         for request in requests:
             request.respond(InferenceResponse(outputs=self._tensors(request, outputs, offset)))
             offset += max(request.batch_size, 1)
-        self._timing = [infer_start - begin, infer_end - infer_start, time.monotonic_ns() - infer_end]
+        timing[:] = [infer_start - begin, infer_end - infer_start, time.monotonic_ns() - infer_end]
 
     def _tensors(self, request: InferenceRequest, outputs: object, offset: int) -> list[Tensor]:
         """The request's rows (from ``offset``) of each output it asked for, from a batch's outputs."""

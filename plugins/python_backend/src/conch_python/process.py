@@ -85,6 +85,11 @@ class Worker:
 class WorkerInstance(ModelInstance):
     """A Python model instance running in a worker process."""
 
+    #: The worker reads its next execution from its socket as soon as one ends: with requests waiting,
+    #: the scheduler hands it one more, so it never waits for the server between executions (unbatched
+    #: add_sub at concurrency 16: +45 % infer/s, a third less CPU per inference).
+    max_inflight = 2
+
     def __init__(self, context: InstanceContext) -> None:
         model = context.model
         config = model.config
