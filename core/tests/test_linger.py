@@ -27,6 +27,23 @@ async def test_lingering_ends_when_something_arrives() -> None:
     assert not linger.active
 
 
+async def test_a_response_in_the_turn_that_ended_lingering_lingers_again() -> None:
+    """A request that arrives while lingering and is answered at once, in the same loop turn (the fast
+    paths), must not leave the next one without lingering."""
+    linger = Linger(5.0)
+    linger.start()
+    await asyncio.sleep(0)
+    linger.arrived()  # the request comes in...
+    linger.start()  # ...and is answered before the polling callback saw it arrive
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert linger.active and linger.starts == 1  # the same chain, going on
+    linger.arrived()
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert not linger.active
+
+
 async def test_lingering_is_bounded_and_lets_other_work_run() -> None:
     linger = Linger(0.005)
     ran: list[str] = []

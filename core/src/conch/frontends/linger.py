@@ -42,13 +42,19 @@ class Linger:
         self._arrived = True
 
     def start(self) -> None:
-        """Linger now (no-op when disabled or already lingering)."""
-        if self.active or not self.seconds:
+        """Linger now, for ``seconds`` from now (no-op when disabled).
+
+        Already lingering (a request that came in meanwhile was answered in the same loop turn, before
+        the polling callback saw it arrive), the running chain goes on with the new end.
+        """
+        if not self.seconds:
+            return
+        self._arrived = False
+        self._end = time.perf_counter() + self.seconds
+        if self.active:
             return
         self.active = True
         self.starts += 1
-        self._arrived = False
-        self._end = time.perf_counter() + self.seconds
         loop = self._loop
         if loop is None:
             loop = self._loop = asyncio.get_running_loop()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
+import os
 from collections.abc import AsyncIterator, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -16,6 +17,7 @@ from grpc_reflection.v1alpha._async import ReflectionServicer as AsyncReflection
 
 from conch._proto import POOL
 from conch.frontends.grpc.codec import MAX_MESSAGE_SIZE
+from conch.frontends.grpc.fast_infer import FastModelInfer
 from conch.frontends.grpc.servicer import SERVICE_NAME, GRPCInferenceServicer, rpc_method_handlers
 from conch.frontends.grpc.transport import H2GrpcServer
 
@@ -143,6 +145,8 @@ async def _start_h2(
         max_receive_message_length=MAX_MESSAGE_SIZE, max_send_message_length=MAX_MESSAGE_SIZE, linger_s=linger_s
     )
     _register(server, service, health, health_poll_interval, reflection_enabled)
+    if os.environ.get("CONCH_GRPC_FAST", "1") != "0":  # the switch that turns it off, for comparisons
+        server.add_fast_unary(f"/{SERVICE_NAME}/ModelInfer", FastModelInfer(service))
     try:
         bound = await server.bind(address, port, reuse_port=reuse_port)
     except OSError as exc:

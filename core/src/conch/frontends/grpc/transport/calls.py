@@ -15,7 +15,7 @@ import struct
 import zlib
 from collections import deque
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import grpc
 
@@ -33,6 +33,18 @@ OK_TRAILERS = literal(b"grpc-status", b"0")
 #: Request headers that are not metadata the handler sees.
 _NOT_METADATA = frozenset({"content-type", "te", "grpc-timeout", "grpc-encoding", "grpc-accept-encoding"})
 _TIMEOUT_UNITS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
+
+
+class Pending(Protocol):
+    """An answer a fast handler gives later (``Call.pending``); cancelled when the call ends first."""
+
+    def cancel(self) -> None: ...
+
+
+#: A unary method's fast handler, run as soon as the request message is complete, without a task: it
+#: answers through ``Call.reply``/``Call.finish`` now, or later after setting ``Call.pending``, and
+#: returns True; False leaves the call to its ``RpcMethodHandler`` (nothing may have been sent).
+FastUnary = Callable[[bytes, "Call"], bool]
 
 
 class CallSettings:
@@ -220,7 +232,8 @@ class Call:
 
     __slots__ = (
         "conn", "stream", "handler", "settings", "context", "task", "requests", "deadline", "cancelled",
-        "finished", "_buffer", "_message", "_count", "_encoding", "_timer", "_headers_sent", "_ready",
+        "finished", "fast", "pending", "_buffer", "_message", "_count", "_encoding", "_timer", "_headers_sent",
+        "_ready",
     )
 
     def __init__(
@@ -232,6 +245,7 @@ class Call:
         metadata: tuple[tuple[str, str | bytes], ...],
         encoding: str | None,
         timeout: float | None,
+        fast: FastUnary | None = None,
     ) -> None:
         self.conn = conn
         self.stream = stream
@@ -242,6 +256,8 @@ class Call:
         self.requests: _Requests | None = None
         self.cancelled = False
         self.finished = False
+        self.fast = fast
+        self.pending: Pending | None = None  # a fast handler's answer still to come
         self._buffer: bytearray | None = None
         self._message: bytes | None = None
         self._count = 0
@@ -308,10 +324,13 @@ class Call:
             self._ready = True
             message, self._message = self._message, None
             assert message is not None
+            if self.fast is not None and self.fast(message, self):
+                return  # answered, or to be answered through reply()/finish() without a task
             self._start(self._run(message))
 
     def on_reset(self) -> None:
         self.cancelled = True
+        self._drop_pending()
         self._end()
         if self.task is not None and not self.task.done():
             self.task.cancel()
@@ -441,6 +460,33 @@ class Call:
         if self.stream.out_size > 0:
             await self.conn.writable(self.stream)
 
+    def reply(self, data: bytes, parts: list[Chunk] | None = None) -> None:
+        """End a unary call with one serialized response message and status OK, as the handler path does.
+
+        ``parts``: the message as pieces (``data`` then unused), queued without joining them.
+        """
+        if self.finished:
+            return
+        self.pending = None
+        if parts is None:
+            size = len(data)
+        else:
+            size = sum(len(part) for part in parts)
+        if size > self.settings.max_send:
+            self.finish(grpc.StatusCode.RESOURCE_EXHAUSTED, str(SendTooLarge(size, self.settings.max_send)))
+            return
+        if parts is None:
+            self._send_message(data)
+        else:
+            self.send_response_headers()
+            self.conn.send_data(self.stream, [_PREFIX.pack(0, size), *parts], size + 5)
+        self.finish(grpc.StatusCode.OK, "")
+
+    def _drop_pending(self) -> None:
+        pending, self.pending = self.pending, None
+        if pending is not None:
+            pending.cancel()
+
     def finish(self, code: grpc.StatusCode, details: str) -> None:
         """End the call with a status (trailers-only when nothing was sent yet)."""
         if self.finished:
@@ -473,6 +519,7 @@ class Call:
         if self.finished:
             return
         self.cancelled = True
+        self._drop_pending()
         if self.task is not None and not self.task.done():
             self.task.cancel()
         if self.requests is not None:
@@ -504,6 +551,7 @@ def open_call(
     end_stream: bool,
     lookup: Callable[[str], grpc.RpcMethodHandler | None],
     settings: CallSettings,
+    fast: Callable[[str], FastUnary | None] | None = None,
 ) -> Call | _Refused:
     """Start the call a new stream's request headers ask for, or answer at once why not."""
     path = method = content_type = encoding = timeout_text = None
@@ -539,7 +587,8 @@ def open_call(
         timeout = parse_timeout(timeout_text)
         if timeout is None:
             return _Refused(conn, stream, None, grpc.StatusCode.INTERNAL, f"Bad grpc-timeout '{timeout_text}'")
-    call = Call(conn, stream, handler, settings, tuple(metadata), encoding, timeout)
+    unary = fast(path) if fast is not None and path and not handler.request_streaming else None
+    call = Call(conn, stream, handler, settings, tuple(metadata), encoding, timeout, unary)
     if end_stream:
         call.on_end()
     return call

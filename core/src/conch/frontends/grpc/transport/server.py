@@ -14,7 +14,7 @@ from typing import Any, NamedTuple
 
 import grpc
 
-from conch.frontends.grpc.transport.calls import CallSettings, open_call
+from conch.frontends.grpc.transport.calls import CallSettings, FastUnary, open_call
 from conch.frontends.grpc.transport.connection import H2Connection, Stream, StreamHandler
 from conch.frontends.grpc.transport.headers import Headers
 from conch.frontends.linger import Linger
@@ -38,6 +38,7 @@ class H2GrpcServer:
         self._generic: list[grpc.GenericRpcHandler] = []
         self._registered: dict[str, grpc.RpcMethodHandler] = {}
         self._methods: dict[str, grpc.RpcMethodHandler | None] = {}
+        self._fast: dict[str, FastUnary] = {}
         self._servers: list[asyncio.AbstractServer] = []
         self.connections: set[H2Connection] = set()
         self._stopped: asyncio.Event | None = None
@@ -52,6 +53,11 @@ class H2GrpcServer:
         for name, handler in handlers.items():
             self._registered[f"/{service}/{name}"] = handler
         self._methods.clear()
+
+    def add_fast_unary(self, path: str, handler: FastUnary) -> None:
+        """Let ``handler`` answer the unary method at ``path`` first (see ``FastUnary``); the registered
+        handler still answers what it declines."""
+        self._fast[path] = handler
 
     def lookup(self, path: str) -> grpc.RpcMethodHandler | None:
         """The handler of ``/package.Service/Method``, or None."""
@@ -98,7 +104,7 @@ class H2GrpcServer:
         return connection
 
     def _open(self, conn: H2Connection, stream: Stream, headers: Headers, end_stream: bool) -> StreamHandler:
-        return open_call(conn, stream, headers, end_stream, self.lookup, self._settings)
+        return open_call(conn, stream, headers, end_stream, self.lookup, self._settings, self._fast.get)
 
     async def stop(self, grace: float | None) -> None:
         """Stop listening; calls in flight get ``grace`` seconds (None: none) before they are cancelled."""
