@@ -247,7 +247,11 @@ class ServerThread:
         self.thread.start()
         self.port = free_port()
         future = asyncio.run_coroutine_threadsafe(
-            start_grpc_server(service, "127.0.0.1", self.port, health_poll_interval=0.05, transport=transport),
+            # The fake service has no schedulers: the fast path is tested with real ones
+            # (test_grpc_fast_infer.py, tests/test_grpc_fast_path.py); here the servicer answers.
+            start_grpc_server(
+                service, "127.0.0.1", self.port, health_poll_interval=0.05, transport=transport, fast_infer=False
+            ),
             self.loop,
         )
         self.server = future.result(timeout=30)
@@ -913,7 +917,9 @@ async def test_port_in_use(server: ServerThread) -> None:
 async def test_server_on_the_test_loop() -> None:
     """The server also runs on the caller's loop, with the aio client beside it."""
     port = free_port()
-    grpc_server = await start_grpc_server(FakeService(), "127.0.0.1", port, reflection_enabled=False, health=False)
+    grpc_server = await start_grpc_server(
+        FakeService(), "127.0.0.1", port, reflection_enabled=False, health=False, fast_infer=False
+    )
     try:
         async with tca.InferenceServerClient(f"127.0.0.1:{port}") as triton:
             assert await triton.is_server_ready()

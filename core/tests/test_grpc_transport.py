@@ -379,3 +379,68 @@ async def test_a_protocol_error_closes_only_that_connection(port: int) -> None:
     await _in_thread(run)
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
         assert await _method(channel, "Unary")(b"fine") == b"fine"
+
+
+class _Later:
+    """A fast handler's answer still to come; records a cancellation."""
+
+    def __init__(self) -> None:
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+async def test_fast_unary_handlers_answer_now_later_or_leave_the_call() -> None:
+    """``add_fast_unary``: what the fast handler takes it answers (at once or later, without a task);
+    what it declines, or fails on, the method's handler answers; a call that ends first cancels it."""
+    later: list[tuple[Any, _Later]] = []
+
+    def fast(message: bytes, call: Any) -> bool:
+        if message == b"now":
+            call.reply(b"fast:" + message)
+            return True
+        if message == b"big":
+            call.reply(b"", [b"x" * 70_000, memoryview(b"y" * 10)])
+            return True
+        if message == b"error":
+            call.finish(grpc.StatusCode.INVALID_ARGUMENT, "no")
+            return True
+        if message.startswith(b"later"):
+            waiting = _Later()
+            call.pending = waiting
+            later.append((call, waiting))
+            return True
+        if message == b"bug":
+            raise RuntimeError("a bug in the fast handler")
+        return False
+
+    server = H2GrpcServer(max_receive_message_length=LIMIT, max_send_message_length=LIMIT)
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, HANDLERS),))
+    server.add_fast_unary(f"/{SERVICE}/Unary", fast)
+    port = await server.bind("127.0.0.1", 0)
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            unary = _method(channel, "Unary")
+            assert await unary(b"now") == b"fast:now"
+            assert await unary(b"big") == b"x" * 70_000 + b"y" * 10
+            assert await unary(b"declined") == b"declined"  # the handler echoes it
+            assert await unary(b"bug") == b"bug"  # logged, then the handler answers
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await unary(b"error")
+            assert (info.value.code(), info.value.details()) == (grpc.StatusCode.INVALID_ARGUMENT, "no")
+            answer = asyncio.ensure_future(unary(b"later"))
+            while not later:
+                await asyncio.sleep(0.01)
+            call, waiting = later.pop()
+            call.reply(b"answered later")
+            assert await answer == b"answered later" and not waiting.cancelled
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await unary(b"later, too late", timeout=0.2)
+            assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+            _, waiting = later.pop()
+            assert waiting.cancelled
+            assert await _method(channel, "Metadata")(b"") != b""  # other methods: their handlers only
+    finally:
+        await server.stop(None)

@@ -184,6 +184,7 @@ class Server:
                     credentials=credentials,
                     transport=opts.grpc_transport,
                     linger_s=opts.linger_us / 1e6,
+                    fast_infer=os.environ.get("CONCH_GRPC_FAST", "1") != "0",  # off: for comparisons
                 )
             except OSError as exc:
                 raise StartupError(f"failed to start GRPC service: Unavailable - {exc}") from None

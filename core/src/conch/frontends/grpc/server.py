@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
-import os
 from collections.abc import AsyncIterator, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -140,12 +139,13 @@ async def _start_h2(
     health_poll_interval: float,
     reflection_enabled: bool,
     linger_s: float,
+    fast_infer: bool,
 ) -> H2GrpcServer:
     server = H2GrpcServer(
         max_receive_message_length=MAX_MESSAGE_SIZE, max_send_message_length=MAX_MESSAGE_SIZE, linger_s=linger_s
     )
     _register(server, service, health, health_poll_interval, reflection_enabled)
-    if os.environ.get("CONCH_GRPC_FAST", "1") != "0":  # the switch that turns it off, for comparisons
+    if fast_infer:
         server.add_fast_unary(f"/{SERVICE_NAME}/ModelInfer", FastModelInfer(service))
     try:
         bound = await server.bind(address, port, reuse_port=reuse_port)
@@ -177,6 +177,7 @@ async def start_grpc_server(
     reflection_enabled: bool = True,
     transport: str = "conch",
     linger_s: float = 0.0,
+    fast_infer: bool = True,
 ) -> grpc.aio.Server | H2GrpcServer:
     """Start serving ``inference.GRPCInferenceService`` on ``address:port`` and return the started server.
 
@@ -194,6 +195,9 @@ async def start_grpc_server(
         (grpcio's asyncio server, also used whenever ``credentials`` are given).
     :param linger_s: Conch's transport: how long the loop keeps turning after a response for a client in
         a tight loop (:mod:`conch.frontends.linger`); 0 never.
+    :param fast_infer: Conch's transport: answer ModelInfer calls through
+        :class:`~conch.frontends.grpc.fast_infer.FastModelInfer` first (it needs an
+        :class:`InferenceService` with its schedulers; the servicer answers what it declines).
     :return: the started server; stop it with ``await server.stop(grace)``.
     :raises GRPCBindError: (an :class:`OSError`, ``errno`` EADDRINUSE) when the port cannot be bound.
     """
@@ -201,7 +205,7 @@ async def start_grpc_server(
         raise ValueError(f"unknown gRPC transport {transport!r}: expected one of {', '.join(TRANSPORTS)}")
     if transport == "conch" and credentials is None:
         return await _start_h2(
-            service, address, port, reuse_port, health, health_poll_interval, reflection_enabled, linger_s
+            service, address, port, reuse_port, health, health_poll_interval, reflection_enabled, linger_s, fast_infer
         )
     server = grpc.aio.server(
         options=[

@@ -324,8 +324,15 @@ class Call:
             self._ready = True
             message, self._message = self._message, None
             assert message is not None
-            if self.fast is not None and self.fast(message, self):
-                return  # answered, or to be answered through reply()/finish() without a task
+            if self.fast is not None:
+                try:
+                    if self.fast(message, self):
+                        return  # answered, or to be answered through reply()/finish() without a task
+                except Exception:  # noqa: BLE001 - a bug in the fast handler must not lose the call
+                    log.exception("fast gRPC handler failed; answering through the method's handler")
+                    if self.finished:
+                        return
+                    self.pending = None
             self._start(self._run(message))
 
     def on_reset(self) -> None:
