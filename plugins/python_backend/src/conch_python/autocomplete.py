@@ -13,10 +13,12 @@ from typing import Any
 
 import triton_python_backend_utils as pb_utils
 
+from conch_python import execution_env
 from conch_python.loader import ModelSource, import_model_class
 
 
 def main() -> None:
+    execution_env.use_site_packages()
     request = json.loads(sys.stdin.read())
     try:
         model_class = import_model_class(ModelSource(Path(request["path"]), Path(request["package_dir"])))

@@ -27,7 +27,7 @@ from conch.backend import InstanceContext, ModelInstance
 from conch.config.jsonify import config_to_json
 from conch.errors import ConchError, ErrorCode
 from conch.inference import InferenceRequest, InferenceResponse
-from conch_python import bls
+from conch_python import bls, execution_env
 from conch_python.convert import OutputChecker, error_from, request_fields
 from conch_python.custom_metrics import MetricBridge
 from conch_python.loader import initialize_args, locate
@@ -105,6 +105,9 @@ class WorkerInstance(ModelInstance):
         self.spin_s = max(_int_setting(settings, "spin-microseconds", DEFAULT_SPIN_MICROSECONDS), 0) / 1e6
         self.ping_interval = min(_int_setting(settings, "health-ping-seconds", 5), max(self.stub_timeout / 2, 0.1))
         source = locate(model.version_dir, config.default_model_filename, config.backend, config.runtime, settings)
+        self.execution_env = execution_env.from_parameter(
+            model.parameter(execution_env.PARAMETER, "") or "", model.model_dir, model.name
+        )
         args = initialize_args(
             json.dumps(config_to_json(config)),
             context.kind,
@@ -165,6 +168,8 @@ class WorkerInstance(ModelInstance):
             parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
             env = dict(os.environ)
             env.setdefault("PYTHONUNBUFFERED", "1")
+            if self.execution_env is not None:
+                env = self.execution_env.apply(env)
             process = subprocess.Popen(
                 [sys.executable, "-m", "conch_python.worker", str(child.fileno())],
                 pass_fds=(child.fileno(),),

@@ -21,6 +21,7 @@ from typing import Any
 
 import triton_python_backend_utils as pb_utils
 
+from conch_python import execution_env
 from conch_python.custom_metrics import WorkerMetrics
 from conch_python.loader import ModelSource
 from conch_python.modelcall import LoadedModel, check_responses, error_code, error_text, model_request
@@ -292,6 +293,7 @@ def main() -> None:
 
     configure(verbose=spec["log_verbose"], log_format=spec["log_format"], log_file=spec.get("log_file"))
     logging.getLogger("conch").setLevel(spec["log_level"])
+    execution_env.use_site_packages()
     inbound = Ring(open_region(spec["to_worker"]))
     outbound = Ring(open_region(spec["to_server"]))
     instance = spec["args"]["model_instance_name"]
