@@ -232,6 +232,14 @@ def _error_case(case: str) -> bytes:
         return _message("decoupled", fp32).SerializeToString()
     if case == "garbage":
         return b"\x0a\xff\xff"
+    if case == "two_ids":  # the last id field counts (protobuf): decoded each time
+        request = _message("identity_fp32", fp32, id="first")
+        data = request.SerializeToString()
+        header_end = data.index(b"\x3a")
+        return data[:header_end] + b"\x1a\x06second" + data[header_end:]
+    if case == "bad_utf8_id":
+        data = _message("identity_fp32", fp32, id="ab").SerializeToString()
+        return data.replace(b"\x1a\x02ab", b"\x1a\x02\xff\xfe", 1)
     if case == "raw_first":  # raw contents before the other fields: valid protobuf, decoded each time
         request = _message("identity_fp32", fp32)
         raw = request.raw_input_contents[0]
@@ -244,12 +252,28 @@ def _error_case(case: str) -> bytes:
     "case",
     ["datatype", "shape", "missing", "output", "short", "extra_entry", "reserved", "parameters", "bad_parameter",
      "contents_and_raw",
-     "contents", "unknown_model", "decoupled", "garbage", "raw_first"],
+     "contents", "unknown_model", "decoupled", "garbage", "raw_first", "two_ids", "bad_utf8_id"],
 )  # fmt: skip
 def test_what_the_servicer_answers(servers: tuple[RunningServer, RunningServer], case: str) -> None:
     answers = _same(servers, _error_case(case))
-    ok = case in ("extra_entry", "parameters", "contents", "raw_first")
+    ok = case in ("extra_entry", "parameters", "contents", "raw_first", "two_ids")
     assert (answers[0][0] == "OK") == ok, answers[0]
+
+
+def test_every_call_with_its_own_id(servers: tuple[RunningServer, RunningServer]) -> None:
+    """Clients that number their requests: each message differs in its id; the answers echo them."""
+    fast, plain = servers
+    for server in (fast, plain):
+        with grpc.insecure_channel(server.grpc_url) as channel:
+            call = channel.unary_unary(METHOD)
+            for index in range(20):
+                request_id = f"req-{index}" + "x" * (index * 10)  # up to 190 bytes: one and two-byte lengths
+                array = np.full((1, 8), index, np.float32)
+                raw = call(_message("identity_fp32", ("INPUT0", "FP32", array), id=request_id).SerializeToString())
+                response = pb.ModelInferResponse.FromString(raw)
+                assert response.id == request_id and response.raw_output_contents[0] == array.tobytes()
+    message = _message("identity_fp32", ("INPUT0", "FP32", FP32), id="é" * 70).SerializeToString()
+    _same(servers, message)
 
 
 def test_execution_error(servers: tuple[RunningServer, RunningServer]) -> None:

@@ -86,6 +86,10 @@ def _message(model: str = "ident", **change: Any) -> bytes:
     return request.SerializeToString()
 
 
+def _plans(fast: FastModelInfer) -> list[Any]:
+    return [plan for plans in fast.plans.values() for plan in plans]
+
+
 async def _call(fast: FastModelInfer, data: bytes) -> tuple[bool, FakeCall]:
     call = FakeCall()
     return fast(data, call), call  # type: ignore[arg-type]
@@ -98,7 +102,7 @@ async def test_raw_requests_are_answered_planned_and_their_heads_cached(fast: Fa
     assert first[0] == "OK"
     response = pb.ModelInferResponse.FromString(first[1])
     assert response.raw_output_contents[0] == ARRAY.tobytes() and list(response.outputs[0].shape) == [1, 4]
-    (plan,) = fast.plans[len(_message())]
+    (plan,) = _plans(fast)
     assert plan.heads  # the first answer's header is kept
     for _ in range(2):  # later messages: from the plan and the cached header, the same bytes, at once
         taken, call = await _call(fast, _message())
@@ -109,7 +113,22 @@ async def test_raw_requests_are_answered_planned_and_their_heads_cached(fast: Fa
     taken, call = await _call(fast, request.SerializeToString())
     answer = call.answer.result()
     assert pb.ModelInferResponse.FromString(answer[1]).raw_output_contents[0] == other.tobytes()
-    assert len(fast.plans[len(_message())]) == 1  # same plan: only the raw bytes differ
+    assert len(_plans(fast)) == 1  # same plan: only the raw bytes differ
+
+
+async def test_ids_change_without_a_new_plan_and_are_echoed(fast: FastModelInfer) -> None:
+    ids = ["", "a", "req-2", "x" * 200, "é-ü", "req-2"]  # 200 bytes: a two-byte length
+    for request_id in ids:
+        taken, call = await _call(fast, _message(id=request_id))
+        assert taken
+        code, data = await asyncio.wait_for(call.answer, 5)
+        response = pb.ModelInferResponse.FromString(data)
+        assert code == "OK" and response.id == request_id and response.raw_output_contents[0] == ARRAY.tobytes()
+        want = pb.ModelInferResponse(model_name="ident", model_version="1", id=request_id)
+        want.outputs.add(name="OUTPUT0", datatype="FP32", shape=[1, 4])
+        want.raw_output_contents.append(ARRAY.tobytes())
+        assert data == want.SerializeToString()  # the cached header, its id swapped, is protobuf's own bytes
+    assert len(_plans(fast)) == 1
 
 
 async def test_request_parameters_are_planned_too(fast: FastModelInfer) -> None:
@@ -120,9 +139,8 @@ async def test_request_parameters_are_planned_too(fast: FastModelInfer) -> None:
     for _ in range(2):
         taken, call = await _call(fast, data)
         assert taken and (await asyncio.wait_for(call.answer, 5))[0] == "OK"
-    (plan,) = fast.plans[len(data)]
+    (plan,) = _plans(fast)
     assert plan.parameters == {"custom": "x"}
-    assert plan.request(data).parameters == {"custom": "x"}
 
 
 async def test_requests_that_wait_are_answered_when_their_batch_runs(fast: FastModelInfer) -> None:

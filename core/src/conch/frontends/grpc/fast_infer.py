@@ -1,15 +1,15 @@
 """ModelInfer calls answered without a task, a protobuf parse per request or a second validation.
 
 The gRPC twin of ``frontends/http/fast_infer.py``. Clients of a fixed-shape workload (perf_analyzer, a
-tritonclient loop) send ModelInferRequest messages that differ only in their ``raw_input_contents``.
-The first such message is decoded and validated by the general path's own code (``codec``,
-``validation``); what that found is kept as a *plan*: the message's bytes before its raw contents, the
-framing of each raw entry, and each input's place, datatype and shape. A later message of the same
-length that starts with the same bytes and frames its raw entries the same way becomes an
-:class:`InferenceRequest` straight from the plan, its inputs numpy views of the message, and goes
-through the model's scheduler like any other request. The response's protobuf header (name, version,
-id, output metadata) comes from a cache keyed by the outputs' names, datatypes and shapes; the
-tensors' bytes follow, framed by hand as the general path frames them.
+tritonclient loop) send ModelInferRequest messages that differ only in their ``raw_input_contents``
+and perhaps their ``id``. The first such message is decoded and validated by the general path's own
+code (``codec``, ``validation``); what that found is kept as a *plan*: the header's bytes after the id
+field, the framing of each raw entry, and each input's place, datatype and shape, filed under the
+bytes before the id field. A later message with the same bytes around its id, framing its raw entries
+the same way, becomes an :class:`InferenceRequest` straight from the plan, its inputs numpy views of
+the message, and goes through the model's scheduler like any other request. The response's protobuf
+header (name, version, output metadata; the id spliced in) comes from a cache keyed by the outputs'
+names, datatypes and shapes; the tensors' bytes follow, framed by hand as the general path frames them.
 
 The transport calls :meth:`FastModelInfer.__call__` with the whole message as soon as it is complete
 (``transport/calls.py``, ``FastUnary``). It answers what it can and returns False for the rest, which
@@ -45,6 +45,8 @@ log = logging.getLogger("conch.grpc")
 
 #: Plans kept at most (all are dropped when full: a workload's messages come back at once).
 MAX_PLANS = 256
+#: Plans kept per model name and version at most (the oldest goes).
+MAX_PLANS_PER_PREFIX = 8
 #: Response heads kept per plan at most.
 MAX_HEADS = 16
 #: Responses bigger than this are queued as pieces instead of joined into one message.
@@ -60,50 +62,56 @@ class _InputPlan:
     shape: tuple[int, ...]  # as the request gives it
     array_shape: tuple[int, ...]  # as the backend sees it (after ``reshape``)
     dtype: np.dtype[Any]
-    offset: int  # where its bytes start in the message
+    offset: int  # where its bytes start, counted from the end of the message's header
     nbytes: int
-    aligned: bool  # whether a view at ``offset`` suits the element size (else the bytes are copied)
 
 
 @dataclass(slots=True, eq=False)
 class _Plan:
-    """What one request message asks of one model version, its raw contents aside."""
+    """What one request message asks of one model version, its id and raw contents aside.
 
-    header: bytes  # the message up to its first raw entry
-    size: int  # the message's length
-    frames: tuple[tuple[int, bytes], ...]  # (position, tag and length) of each raw entry
+    A message is ``prefix`` (model name and version fields), its id field (any id), ``after`` (the
+    rest of the header), then the raw entries, framed as ``frames`` say.
+    """
+
+    after: bytes  # the header's bytes after the id field
+    raw_size: int  # the bytes after the header
+    frames: tuple[tuple[int, bytes], ...]  # (position after the header, tag and length) per raw entry
     model: weakref.ref[ModelVersion]  # not kept alive by the cache once unloaded
     name: str
     version: int
-    id: str
     parameters: dict[str, Any]  # as decoded (perf_analyzer sends triton_enable_empty_final_response)
     inputs: tuple[_InputPlan, ...]
     batch_size: int
     requested: tuple[RequestedOutput, ...]
-    # (model name, version, id, then each output's name, datatype, shape) → the serialized response
-    # header and, per output, the numpy dtype whose bytes are the wire's and the raw entry's framing
-    heads: dict[tuple[Any, ...], tuple[bytes, tuple[tuple[np.dtype[Any], bytes], ...]]]
+    # (model name, version, then each output's name, datatype, shape) → the serialized response header
+    # around its id field, and per output the numpy dtype whose bytes are the wire's and the raw
+    # entry's framing
+    heads: dict[tuple[Any, ...], tuple[bytes, bytes, tuple[tuple[np.dtype[Any], bytes], ...]]]
 
-    def matches(self, data: bytes) -> bool:
-        if not data.startswith(self.header):
-            return False
+    def header_end(self, data: bytes, id_end: int) -> int:
+        """Where the raw entries start in ``data`` if it is a message of this plan, else -1."""
+        header_end = id_end + len(self.after)
+        if len(data) - header_end != self.raw_size or not data.startswith(self.after, id_end):
+            return -1
         for position, frame in self.frames:
-            if not data.startswith(frame, position):
-                return False
-        return True
+            if not data.startswith(frame, header_end + position):
+                return -1
+        return header_end
 
-    def request(self, data: bytes) -> InferenceRequest:
+    def request(self, data: bytes, header_end: int, request_id: str) -> InferenceRequest:
         inputs = {}
         for spec in self.inputs:
-            if spec.aligned:
-                array = np.ndarray(spec.array_shape, spec.dtype, data, spec.offset)  # a read-only view
-            else:
-                array = np.frombuffer(data[spec.offset : spec.offset + spec.nbytes], spec.dtype).reshape(spec.array_shape)
+            offset = header_end + spec.offset
+            if offset % spec.dtype.itemsize == 0:
+                array = np.ndarray(spec.array_shape, spec.dtype, data, offset)  # a read-only view
+            else:  # an address that does not suit the element size: copied, as the general path does
+                array = np.frombuffer(data[offset : offset + spec.nbytes], spec.dtype).reshape(spec.array_shape)
             inputs[spec.name] = InferInput(spec.name, spec.datatype, list(spec.shape), array)
         request = InferenceRequest(
             model_name=self.name,
             model_version=self.version,
-            id=self.id,
+            id=request_id,
             inputs=inputs,
             outputs=list(self.requested),  # shared: nothing changes a requested output once decoded
             parameters=dict(self.parameters) if self.parameters else {},
@@ -117,7 +125,7 @@ class FastModelInfer:
 
     def __init__(self, service: InferenceService) -> None:
         self.service = service
-        self.plans: dict[int, list[_Plan]] = {}  # by message length
+        self.plans: dict[bytes, list[_Plan]] = {}  # by the message's bytes before its id field
         self._count = 0
 
     def __call__(self, data: bytes, call: Call) -> bool:
@@ -125,20 +133,31 @@ class FastModelInfer:
         if service.tracer.active:
             return False
         plan = None
-        for candidate in self.plans.get(len(data), ()):
-            if candidate.matches(data):
-                plan = candidate
-                break
+        span = _id_span(data)
+        if span is not None:
+            id_start, id_bytes, id_end = span
+            prefix = data[:id_start]
+            for candidate in self.plans.get(prefix, ()):
+                header_end = candidate.header_end(data, id_end)
+                if header_end >= 0:
+                    plan = candidate
+                    break
         model: ModelVersion | None = None
         if plan is not None:
             try:
                 model = service.models.get(plan.name, plan.version)
             except ConchError:
                 return False  # unloaded meanwhile: the servicer answers why
-            if plan.model() is not model:
-                plan = None  # reloaded: decode again
+            if plan.model() is not model:  # reloaded: this plan is stale, decode again
+                self.plans[prefix].remove(plan)
+                self._count -= 1
+                plan = None
         if plan is not None and model is not None:
-            request = plan.request(data)
+            try:
+                request_id = data[id_bytes:id_end].decode()
+            except UnicodeDecodeError:
+                return False  # not a valid protobuf string: the servicer reports it
+            request = plan.request(data, header_end, request_id)
         else:
             built = self._decode(data)
             if built is None:
@@ -180,51 +199,61 @@ class FastModelInfer:
             validate(request, model.signature)
         except ConchError:
             return None
-        plan = self._plan(data, request, model, version)
-        if plan is not None:
-            if self._count >= MAX_PLANS:
-                self.plans.clear()
-                self._count = 0
-            self.plans.setdefault(len(data), []).append(plan)
-            self._count += 1
+        built = self._plan(data, request, model, version)
+        if built is None:
+            return request, model, None
+        prefix, plan = built
+        if self._count >= MAX_PLANS:
+            self.plans.clear()
+            self._count = 0
+        same = self.plans.setdefault(prefix, [])
+        if len(same) >= MAX_PLANS_PER_PREFIX:
+            same.pop(0)
+            self._count -= 1
+        same.append(plan)
+        self._count += 1
         return request, model, plan
 
-    def _plan(self, data: bytes, request: InferenceRequest, model: ModelVersion, version: int) -> _Plan | None:
-        """What a message with the same bytes before its raw contents will need, if that is all it takes."""
+    def _plan(
+        self, data: bytes, request: InferenceRequest, model: ModelVersion, version: int
+    ) -> tuple[bytes, _Plan] | None:
+        """What a message that differs only in its id and raw bytes will need, if that is all it takes;
+        with the bytes before its id field, which the plan is filed under."""
         layout = _layout(data)
-        if layout is None:
+        span = _id_span(data)
+        if layout is None or span is None:
             return None
         header_end, entries = layout
-        if len(entries) != len(request.inputs):
-            return None  # raw entries beyond the inputs (ignored, as Triton does): decode each time
+        id_start, _, id_end = span
+        if id_end > header_end or len(entries) != len(request.inputs):
+            return None  # raw entries beyond the inputs (ignored, as Triton does): decoded each time
         inputs: list[_InputPlan] = []
         frames: list[tuple[int, bytes]] = []
         for tensor, (frame_start, start, end) in zip(request.inputs.values(), entries, strict=True):
             array = tensor.data
             if tensor.datatype == "BYTES" or not isinstance(array, np.ndarray) or array.nbytes != end - start:
                 return None  # strings: decoded each time
-            itemsize = array.dtype.itemsize
             inputs.append(
                 _InputPlan(
-                    tensor.name, tensor.datatype, tuple(tensor.shape), array.shape, array.dtype, start, end - start,
-                    start % itemsize == 0,
+                    tensor.name, tensor.datatype, tuple(tensor.shape), array.shape, array.dtype, start - header_end,
+                    end - start,
                 )
             )  # fmt: skip
-            frames.append((frame_start, data[frame_start:start]))
-        return _Plan(
-            header=data[:header_end],
-            size=len(data),
+            frames.append((frame_start - header_end, data[frame_start:start]))
+        plan = _Plan(
+            after=data[id_end:header_end],
+            raw_size=len(data) - header_end,
             frames=tuple(frames),
             model=weakref.ref(model),
             name=request.model_name,
             version=version,
-            id=request.id,
             parameters=dict(request.parameters),
             inputs=tuple(inputs),
             batch_size=request.batch_size,
             requested=tuple(RequestedOutput(o.name) for o in request.outputs),
             heads={},
         )
+        return data[:id_start], plan
 
     def answer(
         self,
@@ -242,12 +271,14 @@ class FastModelInfer:
         outputs = response.outputs
         head_key: tuple[Any, ...] | None = None
         if plan is not None and not response.parameters:
-            head_key = (response.model_name, response.model_version, response.id, *[
+            head_key = (response.model_name, response.model_version, *[
                 (t.name, t.datatype, t.data.shape) for t in outputs
             ])  # fmt: skip
             cached = plan.heads.get(head_key)
             if cached is not None:
-                head, layouts = cached
+                before, after, layouts = cached
+                answer_id = (response.id or request.id).encode()
+                head = before + _id_field(answer_id) + after if answer_id else before + after
                 parts: list[Any] = [head]
                 size = len(head)
                 for tensor, (dtype, frame) in zip(outputs, layouts, strict=True):
@@ -276,8 +307,10 @@ class FastModelInfer:
             return
         if head_key is not None and plan is not None and len(plan.heads) < MAX_HEADS:
             found = _layouts(outputs, encoded.parts)
-            if found is not None:
-                plan.heads[head_key] = (bytes(encoded.parts[0]), found)
+            head = bytes(encoded.parts[0])
+            span = _id_span(head)  # ModelInferResponse numbers its name, version and id fields as the request
+            if found is not None and span is not None:
+                plan.heads[head_key] = (head[: span[0]], head[span[2] :], found)
         _reply(call, encoded.parts, encoded.size)
 
 
@@ -342,6 +375,53 @@ def _layouts(outputs: list[Any], parts: list[Any]) -> tuple[tuple[np.dtype[Any],
     return tuple(layouts)
 
 
+def _id_span(data: bytes) -> tuple[int, int, int] | None:
+    """Where a serialized ModelInferRequest's (or ModelInferResponse's) id field is: (field start, id
+    bytes start, field end), the three equal where the message has no id; None if it is not there in
+    the order serializers write (name, version, id)."""
+    size = len(data)
+    pos = 0
+    while pos < size and data[pos] in (0x0A, 0x12, 0x1A):  # model_name, model_version, id
+        key = data[pos]
+        if pos + 1 >= size:
+            return None
+        length = data[pos + 1]
+        start = pos + 2
+        if length >= 0x80:  # a longer varint (a name or id of 128 bytes or more)
+            length &= 0x7F
+            shift = 7
+            while True:
+                if start >= size or shift > 28:
+                    return None
+                byte = data[start]
+                start += 1
+                length |= (byte & 0x7F) << shift
+                if byte < 0x80:
+                    break
+                shift += 7
+        end = start + length
+        if end > size:
+            return None
+        if key == 0x1A:
+            return pos, start, end
+        pos = end
+    return pos, pos, pos
+
+
+def _id_field(value: bytes) -> bytes:
+    """A ModelInferResponse's id field (tag, length, bytes)."""
+    return b"\x1a" + _varint(len(value)) + value
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value > 0x7F:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
 def _layout(data: bytes) -> tuple[int, list[tuple[int, int, int]]] | None:
     """Where a serialized ModelInferRequest's raw entries are: the end of the fields before them, and per
     entry (frame start, bytes start, bytes end); None unless every raw entry comes after every other
@@ -349,6 +429,7 @@ def _layout(data: bytes) -> tuple[int, list[tuple[int, int, int]]] | None:
     size = len(data)
     pos = 0
     header_end = -1
+    ids = 0
     entries: list[tuple[int, int, int]] = []
     try:
         while pos < size:
@@ -379,6 +460,10 @@ def _layout(data: bytes) -> tuple[int, list[tuple[int, int, int]]] | None:
                     entries.append((start, pos, end))
                 elif header_end >= 0:
                     return None  # another field after a raw entry
+                elif key == 0x1A:
+                    ids += 1
+                    if ids > 1:
+                        return None  # two id fields (the last one counts): decoded each time
                 pos = end
             else:
                 return None  # ModelInferRequest has only length-delimited fields
