@@ -19,6 +19,13 @@ class Settings:
     max_trials: int
 
 
+#: How long one perf_analyzer run may take. perf_analyzer 2.51 summarises each window on its main thread
+#: (``InferenceProfiler::ValidLatencyMeasurement``) while its clients keep sending; sharing two cores
+#: with a server answering 15,000+ infer/s at concurrency 64, the summaries fall further and further
+#: behind and it never finishes (seen with Conch's ONNX models over HTTP; the server keeps answering).
+PERF_ANALYZER_TIMEOUT_S = 120
+
+
 @dataclass
 class Measurement:
     """One cell of one repeat; ``throughput`` is None when perf_analyzer failed (``error`` says why)."""
@@ -52,9 +59,12 @@ def measure(tool: Path, server: Server, model: str, protocol: str, concurrency: 
                 "--max-trials", str(settings.max_trials), "--stability-percentage", str(stability),
                 "-f", str(out)]  # fmt: skip
         try:
-            done = subprocess.run(args, capture_output=True, text=True, timeout=300)
+            done = subprocess.run(args, capture_output=True, text=True, timeout=PERF_ANALYZER_TIMEOUT_S)
         except subprocess.TimeoutExpired:
-            result.error = "perf_analyzer timed out"
+            result.error = (
+                f"perf_analyzer did not finish within {PERF_ANALYZER_TIMEOUT_S} s (at tens of thousands of "
+                "infer/s on the server's cores its window summaries fall behind its own clients)"
+            )
             return result
         if done.returncode == 0 and out.exists():
             break
