@@ -13,6 +13,7 @@ from conch._proto import model_config_pb2 as mc
 from conch.backend import Backend, InstanceContext, ModelContext, ModelInstance
 from conch.errors import ConchError
 from conch.inference import InferenceRequest, InferenceResponse, InferInput, ResponseStream
+from conch.scheduling import runner as runner_module
 from conch.scheduling.default import DefaultScheduler
 from conch.scheduling.runner import InstanceRunner
 from conch.stats import ModelStats
@@ -87,8 +88,24 @@ async def _answered(requests: list[InferenceRequest]) -> None:
         assert response.error is None, response.error
 
 
-async def test_idle_instances_are_served_first_and_in_turns() -> None:
+@pytest.fixture
+def short(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The test instance's executions (10-20 ms of sleep) count as short."""
+    monkeypatch.setattr(runner_module, "PIPELINE_MAX_NS", 10**9)
+
+
+async def _warm(scheduler: DefaultScheduler, log: list[tuple[str, str]]) -> None:
+    """One execution per instance: the scheduler learns how long they take."""
+    first = [_request(f"warm{i}") for i in range(len(scheduler.runners))]
+    for request in first:
+        scheduler.enqueue(request)
+    await _answered(first)
+    log.clear()
+
+
+async def test_idle_instances_are_served_first_and_in_turns(short: None) -> None:
     scheduler, log, _ = await _scheduler(instances=2, depth=2)
+    await _warm(scheduler, log)
     first = [_request("a"), _request("b")]
     for request in first:
         scheduler.enqueue(request)
@@ -103,8 +120,9 @@ async def test_idle_instances_are_served_first_and_in_turns() -> None:
     await scheduler.stop()
 
 
-async def test_an_instance_holds_at_most_its_depth_and_runs_everything_in_order() -> None:
+async def test_an_instance_holds_at_most_its_depth_and_runs_everything_in_order(short: None) -> None:
     scheduler, log, _ = await _scheduler(instances=1, depth=2)
+    await _warm(scheduler, log)
     requests = [_request(str(i)) for i in range(12)]
     for request in requests:
         scheduler.enqueue(request)
@@ -129,8 +147,25 @@ async def test_depth_one_is_the_default_and_never_overlaps() -> None:
     await scheduler.stop()
 
 
-async def test_overlapping_runs_count_their_wait_as_queue_time_not_compute() -> None:
-    scheduler, _, stats = await _scheduler(instances=1, depth=2, delay=0.02)
+async def test_long_executions_are_not_handed_over_early() -> None:
+    """Executions longer than PIPELINE_MAX_NS (1 ms): requests wait in the shared queue, where the
+    instance that frees first takes them."""
+    scheduler, log, _ = await _scheduler(instances=1, depth=2, delay=0.01)
+    await _warm(scheduler, log)
+    requests = [_request(str(i)) for i in range(4)]
+    for request in requests:
+        scheduler.enqueue(request)
+    assert scheduler.pending == 3  # one running, none committed behind it
+    await _answered(requests)
+    instance = scheduler.runners[0].instance
+    assert isinstance(instance, InOrder) and instance.most_held == 1
+    await scheduler.stop()
+
+
+async def test_overlapping_runs_count_their_wait_as_queue_time_not_compute(short: None) -> None:
+    scheduler, log, stats = await _scheduler(instances=1, depth=2, delay=0.02)
+    await _warm(scheduler, log)
+    stats.compute_infer.ns = stats.compute_infer.count = stats.queue.ns = 0
     requests = [_request(str(i)) for i in range(6)]
     began = time.monotonic_ns()
     for request in requests:
@@ -146,8 +181,9 @@ async def test_overlapping_runs_count_their_wait_as_queue_time_not_compute() -> 
     await scheduler.stop()
 
 
-async def test_cancelled_waiting_requests_are_dropped_and_stop_drains_the_rest() -> None:
+async def test_cancelled_waiting_requests_are_dropped_and_stop_drains_the_rest(short: None) -> None:
     scheduler, log, _ = await _scheduler(instances=1, depth=2)
+    await _warm(scheduler, log)
     requests = [_request(str(i)) for i in range(5)]
     for request in requests:
         scheduler.enqueue(request)

@@ -99,7 +99,8 @@ class ModelInstance:
     #: How many executions the default scheduler may hand an ``async`` instance before the first one
     #: finishes, when requests are waiting. An instance that queues them itself and runs them in order
     #: (a worker process reading its socket) sets 2: its next execution is already there when one ends,
-    #: so it never waits for a round trip to the server. Idle instances are always served first.
+    #: so it never waits for a round trip to the server. Idle instances are always served first, and
+    #: only instances whose executions usually take under 1 ms get one early (``PIPELINE_MAX_NS``).
     max_inflight: int = 1
 
     def execute(self, requests: list[InferenceRequest]) -> list[InferenceResponse] | None:

@@ -60,7 +60,8 @@ class DefaultScheduler(Scheduler):
 
     def _free_runner(self) -> int | None:
         """The runner for one more execution, or None: an idle one, taken in turns as Triton's instance
-        threads take the queue (each instance gets work), else the least loaded one with room."""
+        threads take the queue (each instance gets work), else the least loaded one with room whose
+        executions are short (``InstanceRunner.takes_more``)."""
         load, count = self._load, len(self._load)
         best: int | None = None
         for step in range(count):
@@ -68,7 +69,8 @@ class DefaultScheduler(Scheduler):
             if load[index] == 0:
                 self._turn = index + 1
                 return index
-            if load[index] < self.runners[index].depth and (best is None or load[index] < load[best]):
+            runner = self.runners[index]
+            if load[index] < runner.depth and runner.takes_more() and (best is None or load[index] < load[best]):
                 best = index
         return best
 
@@ -85,8 +87,21 @@ class DefaultScheduler(Scheduler):
             while request is not None:
                 await runner.run([request])
                 request = self._next()
+                if request is not None and self._waiting:
+                    self._fill()  # an instance that has learnt its executions are short takes one more
         finally:
             self._load[index] -= 1
+
+    def _fill(self) -> None:
+        """Hand waiting requests to runners with room, oldest first."""
+        while self._waiting:
+            index = self._free_runner()
+            if index is None:
+                return
+            request = self._next()
+            if request is None:
+                return
+            self._start(index, request)
 
     def _next(self) -> InferenceRequest | None:
         """The oldest waiting request whose client has not gone."""

@@ -27,6 +27,11 @@ log = logging.getLogger("conch.scheduling")
 DEFAULT_INLINE_MAX_US = 100
 #: Batches with more input than this always go to the thread, however fast the last ones were.
 INLINE_MAX_INPUT_BYTES = 256 * 1024
+#: An instance that takes several executions at once (``ModelInstance.max_inflight``) is handed one more
+#: only while its executions usually take less than this: handing one over early saves a round trip
+#: (~0.1 ms), which long executions do not notice, and a request committed behind a long one could
+#: have gone to another instance that frees sooner.
+PIPELINE_MAX_NS = 1_000_000
 
 
 class InstanceRunner:
@@ -47,6 +52,7 @@ class InstanceRunner:
         self.running = 0  # executions handed to the instance and not finished
         self.depth = 1  # how many may be (ModelInstance.max_inflight of async instances), set by create()
         self._last_end = 0  # when the last overlapping run ended (see _in_turn)
+        self._usual_ns: float | None = None  # what an async execution usually takes (see _in_turn)
 
     @property
     def concatenates(self) -> bool:
@@ -106,12 +112,21 @@ class InstanceRunner:
     def _in_turn(self, start: int, timing: list[int]) -> int:
         """When this run really began: an instance taking several executions at once runs them in order,
         so one handed over before the previous ended waited for it. That wait is queue time, not compute
-        (statistics and traces), so the sums stay within the wall time as in Triton."""
+        (statistics and traces), so the sums stay within the wall time as in Triton. Also keeps what an
+        execution usually takes (see :meth:`takes_more`)."""
         previous, self._last_end = self._last_end, time.monotonic_ns()
-        if previous <= start:
-            return start
-        timing[1] = max(timing[1] - (previous - start), 0)
-        return previous
+        if previous > start:
+            timing[1] = max(timing[1] - (previous - start), 0)
+            start = previous
+        usual = self._usual_ns
+        self._usual_ns = timing[1] if usual is None else usual + (timing[1] - usual) / 8
+        return start
+
+    def takes_more(self) -> bool:
+        """Whether the instance may be handed one more execution now: it takes several at once
+        (``depth``), has room, and its executions are usually short (:data:`PIPELINE_MAX_NS`)."""
+        usual = self._usual_ns
+        return self.running < self.depth and usual is not None and usual < PIPELINE_MAX_NS
 
     def can_run_now(self, requests: list[InferenceRequest]) -> bool:
         """Whether :meth:`run_now` may execute ``requests``: an idle, synchronous instance whose recent
